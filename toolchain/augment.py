@@ -1,0 +1,50 @@
+"""Batched, on-device augmentation: one random angle and inversion draw per image.
+
+The notebook's torchvision transforms drew these per sample on the CPU in the data
+loader; here a whole batch is rotated with one ``affine_grid``/``grid_sample`` call on
+whatever device holds the data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Rotate each image of ``x`` ``(N, C, H, W)`` by its own angle (degrees), zero fill."""
+    rad = degrees.to(x.dtype) * (math.pi / 180.0)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, max_degrees: float, invert_p: float, generator: torch.Generator | None = None,
+            mode: str = "bilinear") -> torch.Tensor:
+    """Random rotation in [-max_degrees, max_degrees], then inversion with probability ``invert_p``.
+
+    ``x`` holds [0, 1] pixels; the draws come from ``generator`` (on ``x``'s device).
+    """
+    n = x.shape[0]
+    if max_degrees > 0:
+        angles = (torch.rand(n, device=x.device, generator=generator) * 2 - 1) * max_degrees
+        x = rotate(x, angles, mode)
+    if invert_p > 0:
+        flip = torch.rand(n, device=x.device, generator=generator) < invert_p
+        x = torch.where(flip.view(n, 1, 1, 1), 1.0 - x, x)
+    return x
+
+
+def seed_protocol(images_u8: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The notebook's test-time transform, reproducibly: +-25 degree rotation, inversion p=0.5.
+
+    Nearest-neighbour interpolation, as torchvision's ``RandomRotation`` defaults to.
+    Takes uint8 ``(N, 1, 28, 28)`` and returns [0, 1] floats on the same device.
+    """
+    g = torch.Generator(device=images_u8.device).manual_seed(seed)
+    x = images_u8.float() / 255.0
+    return augment(x, 25.0, 0.5, g, mode="nearest")

@@ -1,0 +1,367 @@
+"""Datasets: the embedded MNIST (gzip'd IDX), IDX folders and the seed's CSV format.
+
+Every reader validates what it reads and raises :class:`DataError` naming the file, the
+line (for CSV) or the field (for IDX) and what was expected. Images are returned as
+``uint8 (N, 28, 28)`` and labels as ``int64 (N,)``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import re
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.fileio import atomic_write_bytes
+
+IMAGE_SIZE = 28
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+NUM_CLASSES = 10
+EMBEDDED_MNIST = Path(__file__).parent / "datasets" / "mnist"
+
+# The four IDX file names of MNIST (Fashion-MNIST and others reuse them).
+IDX_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(ValueError):
+    """Input data is malformed; the message names the file, line or field."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Images and labels of one split, with where they came from."""
+
+    images: np.ndarray  # uint8 (N, 28, 28)
+    labels: np.ndarray  # int64 (N,)
+    source: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 over the image bytes then the label bytes (as int64, little-endian)."""
+        h = hashlib.sha256(np.ascontiguousarray(self.images).tobytes())
+        h.update(self.labels.astype("<i8").tobytes())
+        return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- IDX
+
+_IDX_DTYPES = {0x08: np.uint8}
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{path}: corrupt gzip stream ({e}); expected a gzip'd IDX file") from None
+    return data
+
+
+def read_idx(path: str | Path, expected_sha256: str | None = None) -> np.ndarray:
+    """Read an IDX file (optionally gzip'd) into a uint8 array.
+
+    Args:
+        path: the file.
+        expected_sha256: if given, the SHA-256 of the decompressed bytes must match.
+
+    Raises:
+        DataError: short or corrupt file, bad magic, unsupported dtype, checksum mismatch.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    raw = _read_maybe_gzip(path)
+    if expected_sha256 is not None:
+        got = hashlib.sha256(raw).hexdigest()
+        if got != expected_sha256:
+            raise DataError(
+                f"{path}: checksum mismatch: SHA-256 of the decompressed bytes is {got}, "
+                f"expected {expected_sha256}"
+            )
+    if len(raw) < 4:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header (expected at least 4)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0:
+        raise DataError(f"{path}: bad IDX magic 0x{raw[:4].hex()}: expected 0x0000 then dtype and rank bytes")
+    if dtype_code not in _IDX_DTYPES:
+        raise DataError(f"{path}: IDX dtype code 0x{dtype_code:02x} is not supported: expected 0x08 (uint8)")
+    if ndim == 0:
+        raise DataError(f"{path}: IDX rank 0: expected 1 (labels) or 3 (images)")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: {len(raw)} bytes, too short for an IDX header of rank {ndim} ({header} bytes)")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        kind = "truncated" if len(raw) < expected else "has trailing bytes"
+        raise DataError(
+            f"{path}: {kind}: {len(raw)} bytes, expected {expected} for dimensions {list(dims)}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path: Path, num_classes: int) -> Dataset:
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{img_path}: images of shape {list(images.shape)}: expected [N, 28, 28]")
+    if labels.ndim != 1:
+        raise DataError(f"{lbl_path}: labels of shape {list(labels.shape)}: expected [N]")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(
+            f"{lbl_path}: {labels.shape[0]} labels for {images.shape[0]} images in {img_path}: expected equal counts"
+        )
+    if labels.size and int(labels.max()) >= num_classes:
+        i = int(np.argmax(labels >= num_classes))
+        raise DataError(f"{lbl_path}: label {int(labels[i])} at index {i} is outside the classes 0-{num_classes - 1}")
+    return Dataset(images, labels.astype(np.int64), source=str(img_path))
+
+
+def _find_idx(folder: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: no {stem} or {stem}.gz: expected the four MNIST-named IDX files")
+
+
+def load_idx_folder(folder: str | Path, split: str, *, num_classes: int = NUM_CLASSES,
+                    checksums: dict[str, str] | None = None) -> Dataset:
+    """Load one split ('train' or 't10k'-named 'test') from a folder of IDX files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder: expected a folder holding IDX files")
+    img_stem, lbl_stem = IDX_NAMES[split]
+    img_path, lbl_path = _find_idx(folder, img_stem), _find_idx(folder, lbl_stem)
+    sums = checksums or {}
+    images = read_idx(img_path, sums.get(img_stem))
+    labels = read_idx(lbl_path, sums.get(lbl_stem))
+    return _pair(images, labels, img_path, lbl_path, num_classes)
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """Parse a ``sha256sum``-style file into {file name: hex digest}."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2 or len(parts[0]) != 64:
+            raise DataError(f"{path}, line {n}: expected '<sha256>  <file name>'")
+        out[parts[1].lstrip("*")] = parts[0]
+    return out
+
+
+def embedded_mnist(split: str) -> Dataset:
+    """The MNIST split shipped with the tool, checked against its SHA256SUMS on load."""
+    sums = read_checksums(EMBEDDED_MNIST / "SHA256SUMS")
+    ds = load_idx_folder(EMBEDDED_MNIST, split, checksums=sums)
+    return Dataset(ds.images, ds.labels, source=f"embedded MNIST ({split})")
+
+
+# --------------------------------------------------------------------------- CSV
+
+_ALLOWED_BYTES = b"0123456789,\n"
+_PAD = np.full(3, 10, dtype=np.uint8)  # three '\n' so that look-backs at a chunk start read separators
+_NEWLINE_FLAG = np.uint16(1 << 12)  # marks a value that ends a line; pixel values stay below 1000
+_CHUNK_BYTES = 1 << 20  # about 580 rows: fits in L2, so the passes below stay in cache
+
+
+def _column_name(field: int) -> str:
+    return "label" if field == 0 else f"pixel {field - 1}"
+
+
+def _expected(field: int, num_classes: int) -> str:
+    return f"a label 0-{num_classes - 1}" if field == 0 else "a pixel 0-255"
+
+
+def _locate(body: bytes, pos: int) -> tuple[int, int, str]:
+    """(0-based line, field index, the field's text) of byte ``pos``; only on the error path."""
+    line = body.count(b"\n", 0, pos)
+    line_start = body.rfind(b"\n", 0, pos) + 1
+    field = body.count(b",", line_start, pos)
+    lo = max(body.rfind(b",", line_start, pos) + 1, line_start)
+    hi = pos
+    while hi < len(body) and body[hi:hi + 1] not in (b",", b"\n") and hi - lo < 20:
+        hi += 1
+    return line, field, body[lo:hi].decode("latin-1")
+
+
+def _parse_chunk(b: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Decode one run of whole lines to uint16 values (line-ending ones flagged).
+
+    ``b`` is the chunk preceded by 3 bytes of look-back (the end of the previous line, or
+    padding), all separators or digits. Returns the values and whether any field is
+    empty or longer than 3 digits. Fields are at most 3 digits (pixels 0-255, labels
+    0-9), so the value ending at a separator ``j`` is ``d[j-1] + 10*d[j-2] + 100*d[j-3]``
+    with each term kept only if its byte is a digit of the same field: a few elementwise
+    passes and one ``np.compress`` (2.5x faster than boolean indexing here), no gather.
+    """
+    isd = b >= 48  # the caller has checked that only digits, ',' and '\n' occur
+    d = np.subtract(b, 48, dtype=np.uint8)
+    d *= isd
+    d16 = d.astype(np.uint16)
+    sep = ~isd[3:]
+    v = d16[1:-2] * np.uint16(10)
+    v += d16[2:-1]
+    hundreds = d16[:-3]
+    hundreds *= isd[1:-2]  # a digit three back belongs to this field only if two back does
+    hundreds *= np.uint16(100)
+    v += hundreds
+    v += (b[3:] == 10) * _NEWLINE_FLAG
+    run = isd[3:] & isd[2:-1]
+    run &= isd[1:-2]
+    run &= isd[:-3]
+    bad = bool(run.any()) or bool((sep & ~isd[2:-1]).any())
+    return np.compress(sep, v), bad
+
+
+def _line_chunks(body: bytes, start: int, size: int) -> list[tuple[int, int]]:
+    """Split ``body[start:]`` into (lo, hi) spans of whole lines of about ``size`` bytes."""
+    spans = []
+    i, n = start, len(body)
+    while i < n:
+        j = body.find(b"\n", min(i + size, n) - 1)
+        j = n if j < 0 else j + 1
+        spans.append((i, j))
+        i = j
+    return spans
+
+
+def read_csv(path: str | Path, *, num_classes: int = NUM_CLASSES) -> Dataset:
+    """Read the seed's CSV format: ``label,p0,...,p783`` per row, pixels 0-255.
+
+    A header row (a first line that is not all integers, such as ``label,1x1,...``)
+    is skipped. CRLF line ends are accepted. Parsing is vectorised over the raw bytes in
+    cache-sized chunks on a small thread pool, and every row is still checked: column
+    count, integer fields, pixel and label range, a truncated last line.
+
+    Raises:
+        DataError: naming the file, the 1-based line, the column and what was expected.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    raw = path.read_bytes()
+    ncols = NUM_PIXELS + 1
+    if not raw or raw.isspace():
+        raise DataError(f"{path}: empty file: expected rows of 'label,p0,...,p783'")
+    if b"\r" in raw:
+        raw = raw.replace(b"\r", b"")
+    first_line = 1
+    begin = 0
+    nl = raw.find(b"\n")
+    head = raw if nl < 0 else raw[:nl]
+    if head.translate(None, _ALLOWED_BYTES):
+        fields = head.count(b",") + 1
+        if fields != ncols:
+            raise DataError(
+                f"{path}, line 1: header with {fields} columns: expected {ncols} (label and 784 pixels)"
+            )
+        begin = len(raw) if nl < 0 else nl + 1
+        first_line = 2
+    end = len(raw)
+    while end > begin and raw[end - 1] == 10:  # trailing blank lines are tolerated
+        end -= 1
+    if end == begin:
+        raise DataError(f"{path}: no data rows: expected rows of 'label,p0,...,p783'")
+    missing_newline = end == len(raw)
+    # Three newlines in front give the first chunk its look-back; one at the end closes the
+    # last line. One copy, through a memoryview, instead of a strip and a slice.
+    padded = b"".join((b"\n\n\n", memoryview(raw)[begin:end], b"\n"))
+    del raw
+
+    def fail(pos: int, what: str, field: int | None = None) -> DataError:
+        line, fld, text = _locate(padded[3:], pos - 3)  # positions are in ``padded``
+        fld = fld if field is None else field
+        shown = what.format(text=repr(text))
+        return DataError(
+            f"{path}, line {first_line + line}, {_column_name(fld)}: {shown}: expected {_expected(fld, num_classes)}"
+        )
+
+    stray = padded.translate(None, _ALLOWED_BYTES)
+    if stray:
+        raise fail(padded.index(stray[:1]), "{text} is not an integer")
+
+    spans = _line_chunks(padded, 3, _CHUNK_BYTES)
+    arr = np.frombuffer(padded, dtype=np.uint8)
+    workers = min(4, os.cpu_count() or 1)
+    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in these passes
+        parts = list(pool.map(lambda s: _parse_chunk(arr[s[0] - 3:s[1]]), spans))
+    for (lo, hi), (_, bad) in zip(spans, parts):
+        if bad:  # find the first offending field, exactly, in this chunk only
+            for m in re.finditer(rb"(?:^|(?<=[,\n]))(\d{4,}|)(?=[,\n])", padded[lo:hi], re.M):
+                text = m.group(1)
+                pos = lo + m.start()
+                if not text:
+                    raise fail(pos, "empty field")
+                raise fail(pos, "{text} is out of range")
+    values = np.concatenate([p[0] for p in parts])
+    ends = np.flatnonzero(values >= _NEWLINE_FLAG)
+    counts = np.diff(ends, prepend=-1)
+    if np.any(counts != ncols):
+        row = int(np.argmax(counts != ncols))
+        line = first_line + row
+        if missing_newline and row == len(counts) - 1:
+            raise DataError(
+                f"{path}, line {line}: truncated last line: {int(counts[row])} columns and no final "
+                f"newline: expected {ncols} (label and 784 pixels)"
+            )
+        raise DataError(f"{path}, line {line}: {int(counts[row])} columns: expected {ncols} (label and 784 pixels)")
+    values[ends] -= _NEWLINE_FLAG
+    table = values.reshape(-1, ncols)
+    labels = table[:, 0]
+    pixels = table[:, 1:]
+    if pixels.max() > 255:
+        row, col = np.unravel_index(int(np.argmax(pixels > 255)), pixels.shape)
+        raise DataError(
+            f"{path}, line {first_line + int(row)}, pixel {int(col)}: {int(pixels[row, col])} is out of range: "
+            "expected a pixel 0-255"
+        )
+    if labels.max() >= num_classes:
+        row = int(np.argmax(labels >= num_classes))
+        raise DataError(
+            f"{path}, line {first_line + row}, label: {int(labels[row])} is outside the classes "
+            f"0-{num_classes - 1}"
+        )
+    images = pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
+    return Dataset(images, labels.astype(np.int64), source=str(path))
+
+
+def to_csv_bytes(ds: Dataset) -> bytes:
+    """Encode a dataset in the seed's CSV format (no header), vectorised."""
+    table = np.concatenate([ds.labels.reshape(-1, 1), ds.images.reshape(len(ds), -1).astype(np.int64)], axis=1)
+    # Lookup table of each value's decimal text, then join: much faster than np.savetxt.
+    text = np.array([str(i).encode() for i in range(256)], dtype=object)
+    lines = [b",".join(text[row].tolist()) for row in table]
+    return b"\n".join(lines) + b"\n"
+
+
+def write_csv(ds: Dataset, path: str | Path) -> None:
+    """Write a dataset as a seed CSV file, atomically."""
+    atomic_write_bytes(path, to_csv_bytes(ds))
+
+
+# --------------------------------------------------------------------------- choosing
+
+def load_dataset(*, csv: str | Path | None = None, idx_dir: str | Path | None = None, split: str,
+                 num_classes: int = NUM_CLASSES) -> Dataset:
+    """Load one split from a CSV file, an IDX folder, or (neither given) the embedded MNIST."""
+    if csv is not None and idx_dir is not None:
+        raise DataError(f"give a CSV file or an IDX folder for the {split} split, not both")
+    if csv is not None:
+        return read_csv(csv, num_classes=num_classes)
+    if idx_dir is not None:
+        return load_idx_folder(idx_dir, split, num_classes=num_classes)
+    return embedded_mnist(split)

@@ -1,0 +1,318 @@
+"""The confidence gate: scores, temperature scaling, the notebook's rule, and a
+threshold with a guaranteed selective risk.
+
+``accepted = confidence >= threshold``. A calibration is a JSON-able dict holding the
+method, the score and every parameter the score needs; :func:`confidence` computes the
+score from logits with torch ops only, so the same code runs in training, in reports and
+inside the exported ONNX graph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+CALIBRATION_SCHEMA = 1
+METHODS = ("guaranteed", "seed")
+SCORES = ("msp", "energy", "maxlogit")
+SCORE_DEFINITIONS = {
+    "msp": "max over classes of softmax(logits / temperature)",
+    "energy": "sigmoid((temperature * logsumexp(logits / temperature) - center) / scale)",
+    "maxlogit": "sigmoid((max over classes of logits - center) / scale)",
+    "seed-minmax": "max over classes of (logit_c - logit_min_c) / (logit_max_c - logit_min_c), clipped to [0, 1]",
+}
+
+
+class GateError(ValueError):
+    """The gate cannot be fitted as asked (bad options, or nothing can be certified)."""
+
+
+# --------------------------------------------------------------------------- scores
+
+def confidence(logits: torch.Tensor, calib: dict[str, Any]) -> torch.Tensor:
+    """The calibrated gate score in [0, 1] for ``logits (N, C)``, per ``calib``."""
+    score = calib["score"]
+    if score == "seed-minmax":
+        lo = torch.tensor(calib["logit_min"], dtype=logits.dtype, device=logits.device)
+        hi = torch.tensor(calib["logit_max"], dtype=logits.dtype, device=logits.device)
+        z = (logits - lo) / (hi - lo)
+        return z.amax(dim=1).clamp(0.0, 1.0)
+    t = float(calib["temperature"])
+    if score == "msp":
+        return torch.softmax(logits / t, dim=1).amax(dim=1)
+    if score == "energy":
+        raw = t * torch.logsumexp(logits / t, dim=1)
+    elif score == "maxlogit":
+        raw = logits.amax(dim=1)
+    else:
+        raise GateError(f"score {score!r}: expected one of {', '.join(SCORES)} or seed-minmax")
+    return torch.sigmoid((raw - float(calib["center"])) / float(calib["scale"]))
+
+
+def _np_conf(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
+    return confidence(torch.from_numpy(np.asarray(logits, dtype=np.float64)), calib).numpy()
+
+
+# --------------------------------------------------------------------------- temperature
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / T)``."""
+    z = logits.astype(np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(z).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising held-out NLL (golden-section search on log T in [-4, 4]).
+
+    NLL is convex in 1/T, hence unimodal in log T, so golden-section search finds the
+    optimum without gradients or SciPy.
+    """
+    a, b = -4.0, 4.0
+    g = (math.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(logits, labels, math.exp(c)), nll(logits, labels, math.exp(d))
+    for _ in range(80):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(logits, labels, math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(logits, labels, math.exp(d))
+    return math.exp((a + b) / 2)
+
+
+# --------------------------------------------------------------------------- binomial bound
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact to float precision)."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    if k >= n:
+        return 1.0
+    i = np.arange(k + 1, dtype=np.float64)
+    logc = (math.lgamma(n + 1) - np.array([math.lgamma(j + 1) for j in i])
+            - np.array([math.lgamma(n - j + 1) for j in i]))
+    terms = logc + i * math.log(p) + (n - i) * math.log1p(-p)
+    m = terms.max()
+    return float(min(1.0, math.exp(m) * np.exp(terms - m).sum()))
+
+
+def binomial_upper_bound(errors: int, n: int, delta: float) -> float:
+    """One-sided Clopper-Pearson upper bound on an error rate.
+
+    The p with ``P(Binomial(n, p) <= errors) = delta``: with probability at least
+    ``1 - delta`` the true rate is below it. Found by bisection to 1e-15.
+    """
+    if n <= 0:
+        return 1.0
+    if errors >= n:
+        return 1.0
+    lo, hi = errors / n, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if binom_cdf(errors, n, mid) > delta:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-15:
+            break
+    return hi
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A threshold and what was certified for it on the fitting data."""
+
+    threshold: float
+    bound: float
+    accepted: int
+    errors: int
+    n: int
+    tests: int
+
+    @property
+    def coverage(self) -> float:
+        return self.accepted / self.n
+
+    @property
+    def risk(self) -> float:
+        return self.errors / self.accepted if self.accepted else 0.0
+
+
+def certify_threshold(scores: np.ndarray, correct: np.ndarray, target_risk: float, delta: float) -> Certificate:
+    """Selection with guaranteed risk (Geifman & El-Yaniv, 2017).
+
+    Binary search over the sorted scores for the lowest threshold whose Clopper-Pearson
+    bound on the selective risk is at most ``target_risk``; each of the at most
+    ``floor(log2 n) + 1`` tests runs at ``delta`` divided by that number, so by the union bound, with probability at
+    least ``1 - delta`` over the draw of the (exchangeable) fitting data, the risk among
+    accepted future inputs is at most ``target_risk``.
+
+    Raises:
+        GateError: no tested threshold can be certified (the data is too small or the
+            model too weak for the asked risk).
+    """
+    if not 0.0 < target_risk < 1.0:
+        raise GateError(f"target risk {target_risk}: expected a value in (0, 1)")
+    if not 0.0 < delta < 1.0:
+        raise GateError(f"delta {delta}: expected a value in (0, 1)")
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(scores)
+    if n < 2:
+        raise GateError(f"{n} held-out examples: expected at least 2 to fit a threshold")
+    asc = np.sort(scores)
+    desc_err = (~correct)[np.argsort(-scores, kind="stable")]
+    cum_err = np.concatenate(([0], np.cumsum(desc_err)))
+    tests = int(math.floor(math.log2(n))) + 1  # the most probes a binary search over n can make
+    d = delta / tests
+    lo, hi = 0, n - 1
+    best: Certificate | None = None
+    while lo <= hi:
+        z = (lo + hi) // 2
+        theta = float(asc[z])
+        k = int(n - np.searchsorted(asc, theta, side="left"))  # scores >= theta (ties included)
+        e = int(cum_err[k])
+        b = binomial_upper_bound(e, k, d)
+        if b <= target_risk:
+            if best is None or theta < best.threshold:
+                best = Certificate(theta, b, k, e, n, tests)
+            hi = z - 1  # certified: try a lower threshold (more coverage)
+        else:
+            lo = z + 1
+    if best is None:
+        floor = binomial_upper_bound(0, n, d)
+        raise GateError(
+            f"cannot certify a selective risk of {target_risk} at delta {delta} with {n} held-out "
+            f"examples: no threshold passed (even with no errors, {n} examples certify no less than "
+            f"{floor:.4g}); raise --target-risk or --delta, or hold out more data"
+        )
+    return best
+
+
+# --------------------------------------------------------------------------- fitting
+
+def fit_seed_rule(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """The notebook's rule: per-class min-max normalised logits, max over classes;
+    threshold midway between (mean - std) of correct scores and (mean + std) of wrong ones."""
+    calib: dict[str, Any] = {
+        "method": "seed", "score": "seed-minmax", "score_definition": SCORE_DEFINITIONS["seed-minmax"],
+        "logit_min": logits.min(axis=0).astype(float).tolist(),
+        "logit_max": logits.max(axis=0).astype(float).tolist(),
+    }
+    s = _np_conf(logits, calib)
+    ok = logits.argmax(1) == labels
+    if ok.all() or not ok.any():
+        raise GateError("the seed rule needs both correct and wrong predictions on the held-out data")
+    lo = s[ok].mean() - s[ok].std()
+    hi = s[~ok].mean() + s[~ok].std()
+    calib["threshold"] = float((lo + hi) / 2)
+    return calib
+
+
+def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float, delta: float,
+                   score: str = "msp") -> dict[str, Any]:
+    """Temperature scaling by NLL, then a threshold certified by :func:`certify_threshold`."""
+    if score not in SCORES:
+        raise GateError(f"score {score!r}: expected one of {', '.join(SCORES)}")
+    t = fit_temperature(logits, labels)
+    calib: dict[str, Any] = {"method": "guaranteed", "score": score, "score_definition": SCORE_DEFINITIONS[score],
+                             "temperature": t}
+    if score == "energy":
+        raw = t * _logsumexp(logits / t)
+    elif score == "maxlogit":
+        raw = logits.max(axis=1)
+    if score in ("energy", "maxlogit"):
+        # Centre and scale only squash the raw score into [0, 1]; the ranking (and so the gate) is unchanged.
+        calib["center"] = float(np.median(raw))
+        calib["scale"] = float(max(np.std(raw), 1e-6))
+    s = _np_conf(logits, calib)
+    cert = certify_threshold(s, logits.argmax(1) == labels, target_risk, delta)
+    calib.update(threshold=cert.threshold, target_risk=target_risk, delta=delta,
+                 certified_bound=cert.bound, binary_search_tests=cert.tests)
+    return calib
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    m = z.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk: float = 0.002,
+             delta: float = 0.05, score: str = "msp", split: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit a gate of ``method`` on held-out ``logits``/``labels``; returns calibration.json's content."""
+    if method not in METHODS:
+        raise GateError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if method == "seed":
+        calib = fit_seed_rule(logits, labels)
+    else:
+        calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score)
+    s = _np_conf(logits, calib)
+    acc = s >= calib["threshold"]
+    ok = logits.argmax(1) == labels
+    calib["fit"] = {"n": int(len(labels)), "coverage": float(acc.mean()),
+                    "selective_risk": float((~ok[acc]).mean()) if acc.any() else 0.0,
+                    **(split or {})}
+    return {"schema_version": CALIBRATION_SCHEMA, **calib}
+
+
+# --------------------------------------------------------------------------- measures
+
+def gate_stats(conf: np.ndarray, correct: np.ndarray, threshold: float) -> dict[str, float]:
+    """Coverage and selective risk (error rate among accepted) at ``threshold``."""
+    acc = conf >= threshold
+    n_acc = int(acc.sum())
+    return {"coverage": float(acc.mean()) if len(acc) else 0.0,
+            "selective_risk": float((~correct[acc]).mean()) if n_acc else 0.0,
+            "accepted": n_acc, "errors": int((~correct[acc]).sum())}
+
+
+def ece(probs: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the top-class probability, ``bins`` equal-width bins."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(probs, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - probs[m].mean())
+    return float(total)
+
+
+def risk_coverage(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, selective risk) when accepting the k most confident inputs, k = 1..n."""
+    order = np.argsort(-conf, kind="stable")
+    err = np.cumsum(~correct[order])
+    k = np.arange(1, len(conf) + 1)
+    return k / len(conf), err / k
+
+
+def aurc(conf: np.ndarray, correct: np.ndarray) -> float:
+    """Area under the risk-coverage curve (lower is better)."""
+    _, risk = risk_coverage(conf, correct)
+    return float(risk.mean())
+
+
+def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Row softmax of ``logits / temperature`` in float64."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def confidence_np(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
+    """:func:`confidence` for numpy logits."""
+    return _np_conf(logits, calib)

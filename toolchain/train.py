@@ -1,0 +1,338 @@
+"""Training: recipes, one epoch, evaluation, and the resumable main loop.
+
+Data stays on the training device as uint8; each batch is scaled, augmented (one
+rotation and inversion draw per image) and preprocessed there. The best model by
+validation loss on the held-out split is kept; the test set is only used for reporting.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime.fileio import ArtifactError
+
+from . import __version__
+from .augment import augment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import Dataset
+from .model import ArchConfig, Pipeline, PreprocessConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's settings; a recipe is a set of defaults for these."""
+
+    recipe: str = "default"
+    arch: str = "lenet5"
+    epochs: int = 16
+    batch_size: int = 128
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 4e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # onecycle | constant
+    rotation: float = 25.0
+    invert_p: float = 0.0
+    polarity: str = "auto"
+    holdout_fraction: float = 0.2
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The notebook's settings, exactly: classic LeNet, SGD lr 0.01 momentum 0.9, batch 100,
+# constant rate, rotation 25 and inversion p=0.5 in training, no polarity handling, 940 epochs.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "seed": dict(arch="lenet5-classic", epochs=940, batch_size=100, optimizer="sgd", lr=0.01, momentum=0.9,
+                 weight_decay=0.0, schedule="constant", rotation=25.0, invert_p=0.5, polarity="none"),
+}
+
+
+def make_config(recipe: str = "default", **overrides: Any) -> TrainConfig:
+    """A recipe's config with the given fields replaced (``None`` values are ignored)."""
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe {recipe!r}: expected one of {', '.join(RECIPES)}")
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise ValueError(f"unknown training options {sorted(unknown)}")
+    values = {**RECIPES[recipe], **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = TrainConfig(recipe=recipe, **values)
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    """Reject settings that cannot train, naming the field and the allowed values."""
+    checks = [
+        (cfg.epochs >= 1, f"epochs {cfg.epochs}: expected at least 1"),
+        (cfg.batch_size >= 1, f"batch size {cfg.batch_size}: expected at least 1"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"learning rate {cfg.lr}: expected a positive number"),
+        (0.0 < cfg.holdout_fraction < 1.0, f"holdout fraction {cfg.holdout_fraction}: expected a value in (0, 1)"),
+        (0.0 <= cfg.invert_p <= 1.0, f"invert probability {cfg.invert_p}: expected a value in [0, 1]"),
+        (0.0 <= cfg.rotation <= 180.0, f"rotation {cfg.rotation}: expected degrees in [0, 180]"),
+        (cfg.optimizer in ("adamw", "sgd"), f"optimizer {cfg.optimizer!r}: expected 'adamw' or 'sgd'"),
+        (cfg.schedule in ("onecycle", "constant"), f"schedule {cfg.schedule!r}: expected 'onecycle' or 'constant'"),
+        (cfg.polarity in ("auto", "none"), f"polarity {cfg.polarity!r}: expected 'auto' or 'none'"),
+        (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
+         f"device {cfg.device!r}: expected auto, cpu or cuda"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    ArchConfig(cfg.arch)  # validates the name
+    from .model import ARCHITECTURES
+    if cfg.arch not in ARCHITECTURES:
+        raise ValueError(f"architecture {cfg.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; asking for CUDA without it is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested, but CUDA is not available here (torch {torch.__version__})")
+    return torch.device(name)
+
+
+def environment_report(device: torch.device) -> dict[str, Any]:
+    """What the notebook printed at start: torch, CUDA, cuDNN, the device's properties."""
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "device": str(device),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+            gpu=props.name,
+            compute_capability=f"{props.major}.{props.minor}",
+            gpu_memory_gib=round(props.total_memory / 2**30, 1),
+            multiprocessors=props.multi_processor_count,
+        )
+    return env
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (train, holdout) index arrays."""
+    perm = np.random.default_rng(seed).permutation(n)
+    n_hold = int(round(n * fraction))
+    if n_hold < 1 or n_hold >= n:
+        raise ValueError(f"holdout fraction {fraction} of {n} images leaves an empty split")
+    return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
+
+
+def to_device_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(N, 1, 28, 28)`` and int64 labels, resident on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(images).copy()).unsqueeze(1).to(device)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64).copy()).to(device)
+    return x, y
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
+    """Logits for uint8 images (or [0, 1] floats) ``(N, 1, 28, 28)``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb
+        out.append(model(xb).float())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 10, device=x.device)
+
+
+def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Loss, accuracy and logits of ``model`` on images ``x`` and labels ``y``."""
+    logits = predict_logits(model, x)
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return {"loss": loss, "accuracy": acc, "logits": logits}
+
+
+def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, x: torch.Tensor,
+                    y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
+                    on_batch: Callable[[int], None] | None = None) -> float:
+    """One pass over ``x`` in shuffled batches with augmentation; returns the mean loss."""
+    model.train()
+    n = x.shape[0]
+    perm = torch.randperm(n, device=x.device, generator=gen)
+    total = torch.zeros((), device=x.device)
+    for i in range(0, n, cfg.batch_size):
+        idx = perm[i:i + cfg.batch_size]
+        xb = augment(x[idx].float() / 255.0, cfg.rotation, cfg.invert_p, gen)
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total += loss.detach() * idx.numel()  # no .item(): keeps the GPU from syncing per batch
+        if on_batch is not None:
+            on_batch(idx.numel())
+    return (total / n).item()
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = None
+    if cfg.schedule == "onecycle":
+        # One-cycle: a short warm-up then cosine decay to near zero; it gets LeNet to its
+        # plateau in a dozen epochs, where a constant rate needs hundreds.
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, epochs=cfg.epochs,
+                                                    steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    return opt, sched
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` hands back: the best model and the run's record."""
+
+    model: torch.nn.Module
+    checkpoint: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def _seed_all(cfg: TrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2**32)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False,
+        class_names: list[str] | None = None,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+        on_start: Callable[[int, int], None] | None = None,
+        eval_hook: Callable[[torch.nn.Module, int], dict[str, float]] | None = None) -> TrainResult:
+    """Train per ``cfg``, keeping the best model (validation loss) in ``out_dir/checkpoint.pt``.
+
+    Every epoch also writes ``out_dir/last.pt`` (model, optimiser, schedule, RNG states),
+    atomically, so a run killed at any moment resumes from its last finished epoch with
+    ``resume=True``. ``eval_hook(model, epoch)`` may add figures to each epoch's record
+    (the benchmarks use it to follow test accuracy); it must not steer training.
+    """
+    validate_config(cfg)
+    device = resolve_device(cfg.device)
+    _seed_all(cfg)
+    env = environment_report(device)
+    tr_idx, ho_idx = split_indices(len(train), cfg.holdout_fraction, cfg.seed)
+    x_tr, y_tr = to_device_tensors(train.images[tr_idx], train.labels[tr_idx], device)
+    x_ho, y_ho = to_device_tensors(train.images[ho_idx], train.labels[ho_idx], device)
+    arch = ArchConfig(cfg.arch, num_classes=10)
+    pre = PreprocessConfig(polarity=cfg.polarity)
+    model = Pipeline(arch, pre).to(device)
+    steps = math.ceil(x_tr.shape[0] / cfg.batch_size)
+    opt, sched = _optimizer(model, cfg, steps)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = out_dir / "last.pt", out_dir / "checkpoint.pt"
+
+    base = {
+        "arch": arch.to_dict(),
+        "preprocess": pre.to_dict(),
+        "train_config": cfg.to_dict(),
+        "class_names": class_names or [str(i) for i in range(10)],
+        "split": {
+            "holdout_fraction": cfg.holdout_fraction,
+            "seed": cfg.seed,
+            "holdout_indices": torch.from_numpy(ho_idx.astype(np.int64)),
+            "n_train": int(len(tr_idx)),
+            "n_holdout": int(len(ho_idx)),
+            "dataset_source": train.source,
+            "dataset_sha256": train.sha256,
+        },
+        "tool_version": __version__,
+        "torch_version": str(torch.__version__),
+        "calibration": None,
+    }
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, start_epoch, seconds = math.inf, 0, 0, 0.0
+    best_state: dict[str, torch.Tensor] | None = None
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path)
+        saved = state["train_config"]
+        if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in cfg.to_dict().items() if k != "epochs"}:
+            raise ArtifactError(f"{last_path}: was written with different training settings; "
+                                "resume with the same options (only --epochs may change) or use a new --out")
+        if state["split"]["dataset_sha256"] != train.sha256:
+            raise ArtifactError(f"{last_path}: was trained on other data ({state['split']['dataset_source']})")
+        model.net.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        history = list(state["history"])
+        best_loss, best_epoch = state["best_val_loss"], state["best_epoch"]
+        best_state = state["best_state_dict"]
+        start_epoch, seconds = state["epoch"], state["seconds"]
+    if on_start is not None:
+        on_start(start_epoch, x_tr.shape[0])
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_loss = train_one_epoch(model, opt, sched, x_tr, y_tr, cfg, gen, on_batch)
+        val = evaluate(model, x_ho, y_ho)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - t0
+        rec = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val["loss"],
+               "val_accuracy": val["accuracy"], "seconds": seconds,
+               "lr": opt.param_groups[0]["lr"]}
+        if eval_hook is not None:
+            rec.update(eval_hook(model, epoch + 1))
+        history.append(rec)
+        if val["loss"] < best_loss:
+            best_loss, best_epoch = val["loss"], epoch + 1
+            best_state = {k: v.detach().cpu().clone() for k, v in model.net.state_dict().items()}
+            save_checkpoint(best_path, {**base, "state_dict": best_state, "epoch": best_epoch,
+                                        "val_loss": best_loss, "history": history})
+        save_checkpoint(last_path, {
+            **base, "state_dict": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+            "generator": gen.get_state().cpu(), "history": history, "best_val_loss": best_loss,
+            "best_epoch": best_epoch, "best_state_dict": best_state, "epoch": epoch + 1, "seconds": seconds,
+        })
+        if on_epoch is not None:
+            on_epoch(rec)
+
+    if best_state is None:
+        raise ArtifactError(f"{out_dir}: no epoch finished, so there is no model to keep")
+    best = Pipeline(arch, pre)
+    best.net.load_state_dict(best_state)
+    ckpt = {**base, "state_dict": best_state, "epoch": best_epoch, "val_loss": best_loss, "history": history}
+    return TrainResult(best.eval(), ckpt, history, seconds, str(device), env)
+
+
+def continue_config(cfg: TrainConfig, epochs: int) -> TrainConfig:
+    """``cfg`` with a new epoch count (for ``--resume --epochs N``)."""
+    return replace(cfg, epochs=epochs)
