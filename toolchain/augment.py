@@ -48,3 +48,21 @@ def seed_protocol(images_u8: torch.Tensor, seed: int = 0) -> torch.Tensor:
     g = torch.Generator(device=images_u8.device).manual_seed(seed)
     x = images_u8.float() / 255.0
     return augment(x, 25.0, 0.5, g, mode="nearest")
+
+
+def make_outliers(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Synthetic non-digits for outlier exposure, built on the device from a batch of digits.
+
+    Mostly the digits cut into 7x7 tiles and shuffled (strokes, but no digit), plus some
+    uniform noise and blank frames. ``x`` holds [0, 1] pixels ``(N, 1, 28, 28)``.
+    """
+    n = x.shape[0]
+    tiles = x.reshape(n, 4, 7, 4, 7).permute(0, 1, 3, 2, 4).reshape(n, 16, 49)
+    perm = torch.rand(n, 16, device=x.device, generator=generator).argsort(dim=1)
+    tiles = torch.gather(tiles, 1, perm.unsqueeze(-1).expand(-1, -1, 49))
+    out = tiles.reshape(n, 4, 4, 7, 7).permute(0, 1, 3, 2, 4).reshape(n, 1, 28, 28)
+    kind = torch.rand(n, device=x.device, generator=generator)
+    noise = torch.rand(out.shape, device=x.device, generator=generator)
+    blank = (torch.rand(n, device=x.device, generator=generator) < 0.5).to(x.dtype).view(n, 1, 1, 1).expand_as(out)
+    out = torch.where((kind < 0.2).view(n, 1, 1, 1), noise, out)
+    return torch.where((kind > 0.9).view(n, 1, 1, 1), blank, out)

@@ -28,7 +28,11 @@ SCORE_DEFINITIONS = {
 
 
 class GateError(ValueError):
-    """The gate cannot be fitted as asked (bad options, or nothing can be certified)."""
+    """The gate cannot be fitted as asked (bad options or data)."""
+
+
+class CertificationError(GateError):
+    """No threshold can be certified for the asked risk on the data given (a failed check)."""
 
 
 # --------------------------------------------------------------------------- scores
@@ -91,18 +95,28 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- binomial bound
 
+_LOG_FACT = np.zeros(1)
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    """log(k!) for k = 0..n, cached and grown on demand."""
+    global _LOG_FACT
+    if len(_LOG_FACT) <= n:
+        _LOG_FACT = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, 2 * n + 2, dtype=np.float64)))))
+    return _LOG_FACT
+
+
 def binom_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k) for X ~ Binomial(n, p), summed in log space (exact to float precision)."""
-    if p <= 0.0:
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
         return 1.0
     if p >= 1.0:
-        return 1.0 if k >= n else 0.0
-    if k >= n:
-        return 1.0
-    i = np.arange(k + 1, dtype=np.float64)
-    logc = (math.lgamma(n + 1) - np.array([math.lgamma(j + 1) for j in i])
-            - np.array([math.lgamma(n - j + 1) for j in i]))
-    terms = logc + i * math.log(p) + (n - i) * math.log1p(-p)
+        return 0.0
+    lf = _log_factorials(n)
+    i = np.arange(k + 1)
+    terms = lf[n] - lf[i] - lf[n - i] + i * math.log(p) + (n - i) * math.log1p(-p)
     m = terms.max()
     return float(min(1.0, math.exp(m) * np.exp(terms - m).sum()))
 
@@ -118,7 +132,7 @@ def binomial_upper_bound(errors: int, n: int, delta: float) -> float:
     if errors >= n:
         return 1.0
     lo, hi = errors / n, 1.0
-    for _ in range(100):
+    for _ in range(200):
         mid = (lo + hi) / 2
         if binom_cdf(errors, n, mid) > delta:
             lo = mid
@@ -162,10 +176,7 @@ def certify_threshold(scores: np.ndarray, correct: np.ndarray, target_risk: floa
         GateError: no tested threshold can be certified (the data is too small or the
             model too weak for the asked risk).
     """
-    if not 0.0 < target_risk < 1.0:
-        raise GateError(f"target risk {target_risk}: expected a value in (0, 1)")
-    if not 0.0 < delta < 1.0:
-        raise GateError(f"delta {delta}: expected a value in (0, 1)")
+    _check_risk_delta(target_risk, delta)
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
     n = len(scores)
@@ -192,12 +203,64 @@ def certify_threshold(scores: np.ndarray, correct: np.ndarray, target_risk: floa
             lo = z + 1
     if best is None:
         floor = binomial_upper_bound(0, n, d)
-        raise GateError(
+        raise CertificationError(
             f"cannot certify a selective risk of {target_risk} at delta {delta} with {n} held-out "
             f"examples: no threshold passed (even with no errors, {n} examples certify no less than "
             f"{floor:.4g}); raise --target-risk or --delta, or hold out more data"
         )
     return best
+
+
+def certify_fixed_sequence(scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray,
+                           target_risk: float, delta: float) -> Certificate:
+    """Learn-then-Test with fixed-sequence testing (Angelopoulos et al., 2021).
+
+    ``thresholds`` must be chosen without looking at ``scores``/``correct`` (here: from
+    a separate part of the held-out data) and ordered from the most conservative down.
+    Each is tested in turn at level ``delta`` (null: selective risk > ``target_risk``,
+    rejected when the Clopper-Pearson bound is at most the target); testing stops at the
+    first failure. Fixed-sequence testing controls the family-wise error at ``delta``
+    without a Bonferroni split, so the bound is tighter than :func:`certify_threshold`'s.
+
+    Raises:
+        GateError: the first threshold already fails.
+    """
+    _check_risk_delta(target_risk, delta)
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(scores)
+    asc_idx = np.argsort(scores, kind="stable")
+    asc = scores[asc_idx]
+    err_from_top = np.concatenate(([0], np.cumsum((~correct[asc_idx])[::-1])))
+    best: Certificate | None = None
+    for i, theta in enumerate(np.asarray(thresholds, dtype=np.float64)):
+        k = int(n - np.searchsorted(asc, theta, side="left"))
+        e = int(err_from_top[k])
+        b = binomial_upper_bound(e, k, delta)
+        if b > target_risk:
+            break
+        best = Certificate(float(theta), b, k, e, n, i + 1)
+    if best is None:
+        raise CertificationError(
+            f"cannot certify a selective risk of {target_risk} at delta {delta} with {n} held-out "
+            f"examples: the first threshold of the sequence already fails (even with no errors, {n} "
+            f"examples certify no less than {binomial_upper_bound(0, n, delta):.4g}); raise "
+            "--target-risk or --delta, or hold out more data"
+        )
+    return best
+
+
+def _check_risk_delta(target_risk: float, delta: float) -> None:
+    if not 0.0 < target_risk < 1.0:
+        raise GateError(f"target risk {target_risk}: expected a value in (0, 1)")
+    if not 0.0 < delta < 1.0:
+        raise GateError(f"delta {delta}: expected a value in (0, 1)")
+
+
+def threshold_grid(scores: np.ndarray, start_coverage: float = 0.5, step: float = 0.001) -> np.ndarray:
+    """Thresholds at coverages start, start+step, ... 1 of ``scores``, most conservative first."""
+    cov = np.arange(start_coverage, 1.0 + 1e-12, step)
+    return np.quantile(np.asarray(scores, dtype=np.float64), np.clip(1.0 - cov, 0.0, 1.0), method="higher")
 
 
 # --------------------------------------------------------------------------- fitting
@@ -220,26 +283,52 @@ def fit_seed_rule(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return calib
 
 
+def split_for_scoring(n: int, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of held-out indices into (score-fitting, certification) parts."""
+    perm = np.random.default_rng(seed).permutation(n)
+    k = int(round(n * fraction))
+    return np.sort(perm[:k]), np.sort(perm[k:])
+
+
 def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float, delta: float,
-                   score: str = "msp") -> dict[str, Any]:
-    """Temperature scaling by NLL, then a threshold certified by :func:`certify_threshold`."""
+                   score: str = "msp", search: str = "ltt", score_fit_fraction: float = 0.2) -> dict[str, Any]:
+    """Temperature scaling by NLL, then a threshold with a certified selective risk.
+
+    The held-out data is split once: ``score_fit_fraction`` of it fits the score (the
+    temperature, and for energy/max-logit the squashing constants) and, for ``ltt``, the
+    grid of candidate thresholds; the rest certifies the threshold. The score is so fixed
+    before the certifying data is looked at, as the guarantee requires.
+    """
+    _check_risk_delta(target_risk, delta)
     if score not in SCORES:
         raise GateError(f"score {score!r}: expected one of {', '.join(SCORES)}")
-    t = fit_temperature(logits, labels)
+    if search not in ("ltt", "sgr"):
+        raise GateError(f"search {search!r}: expected 'ltt' (fixed-sequence) or 'sgr' (binary search)")
+    fit_idx, cert_idx = split_for_scoring(len(labels), score_fit_fraction)
+    if len(fit_idx) < 100 or len(cert_idx) < 100:
+        raise GateError(f"{len(labels)} held-out examples are too few to fit a score and certify a threshold: "
+                        "expected at least 500")
+    lf, yf = logits[fit_idx], labels[fit_idx]
+    t = fit_temperature(lf, yf)
     calib: dict[str, Any] = {"method": "guaranteed", "score": score, "score_definition": SCORE_DEFINITIONS[score],
                              "temperature": t}
-    if score == "energy":
-        raw = t * _logsumexp(logits / t)
-    elif score == "maxlogit":
-        raw = logits.max(axis=1)
     if score in ("energy", "maxlogit"):
-        # Centre and scale only squash the raw score into [0, 1]; the ranking (and so the gate) is unchanged.
+        raw = t * _logsumexp(lf / t) if score == "energy" else lf.max(axis=1)
+        # Centre and scale only squash the raw score into [0, 1]; the ranking (so the gate) is unchanged.
         calib["center"] = float(np.median(raw))
         calib["scale"] = float(max(np.std(raw), 1e-6))
-    s = _np_conf(logits, calib)
-    cert = certify_threshold(s, logits.argmax(1) == labels, target_risk, delta)
-    calib.update(threshold=cert.threshold, target_risk=target_risk, delta=delta,
-                 certified_bound=cert.bound, binary_search_tests=cert.tests)
+    lc, yc = logits[cert_idx], labels[cert_idx]
+    s = _np_conf(lc, calib)
+    ok = lc.argmax(1) == yc
+    if search == "ltt":
+        grid = threshold_grid(_np_conf(lf, calib))
+        cert = certify_fixed_sequence(s, ok, grid, target_risk, delta)
+    else:
+        cert = certify_threshold(s, ok, target_risk, delta)
+    calib.update(threshold=cert.threshold, target_risk=target_risk, delta=delta, search=search,
+                 certified_bound=cert.bound, tests=cert.tests,
+                 certification={"n": cert.n, "accepted": cert.accepted, "errors": cert.errors},
+                 score_fit={"n": len(fit_idx), "fraction": score_fit_fraction})
     return calib
 
 
@@ -249,7 +338,8 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
 
 
 def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk: float = 0.002,
-             delta: float = 0.05, score: str = "msp", split: dict[str, Any] | None = None) -> dict[str, Any]:
+             delta: float = 0.05, score: str = "msp", search: str = "ltt",
+             split: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit a gate of ``method`` on held-out ``logits``/``labels``; returns calibration.json's content."""
     if method not in METHODS:
         raise GateError(f"method {method!r}: expected one of {', '.join(METHODS)}")
@@ -258,11 +348,11 @@ def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk
     if method == "seed":
         calib = fit_seed_rule(logits, labels)
     else:
-        calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score)
+        calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score, search=search)
     s = _np_conf(logits, calib)
     acc = s >= calib["threshold"]
     ok = logits.argmax(1) == labels
-    calib["fit"] = {"n": int(len(labels)), "coverage": float(acc.mean()),
+    calib["fit"] = {"n": len(labels), "coverage": float(acc.mean()),
                     "selective_risk": float((~ok[acc]).mean()) if acc.any() else 0.0,
                     **(split or {})}
     return {"schema_version": CALIBRATION_SCHEMA, **calib}

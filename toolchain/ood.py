@@ -1,7 +1,7 @@
 """Out-of-distribution frames a camera meets: noise, blank frames, non-digits.
 
-All generators are seeded and return uint8 ``(N, 28, 28)``. ``shapes`` and
-``scrambled`` are kinds the tool never trains or calibrates on: they stand in for
+All generators are seeded and return uint8 ``(N, 28, 28)``. ``letters`` and
+``scrambled-digits`` are kinds the tool never trains or calibrates on: they stand in for
 "something that is not a digit" when measuring how often a gate accepts it.
 """
 
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-KINDS = ("uniform-noise", "gaussian-noise", "black", "white", "shapes", "scrambled-digits")
+KINDS = ("uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits")
+# Letters that do not look like a digit (no O, I, l, S, Z, B, G, g, q, b, T, L, J, z, s, o).
+LETTERS = "ACDEFHKMNPRUVWXYacdefhkmnprtuvwxy"
 
 
 def uniform_noise(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -24,23 +26,22 @@ def blank(n: int, value: int) -> np.ndarray:
     return np.full((n, 28, 28), value, dtype=np.uint8)
 
 
-def shapes(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Filled rectangles, ellipses and thick bars at random places and sizes, light on dark."""
-    yy, xx = np.mgrid[0:28, 0:28].astype(np.float32)
+def letters(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Latin letters (none digit-like) in Pillow's built-in font, random size, slant and place,
+    light on dark and centred by their box as MNIST digits are."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = {size: ImageFont.load_default(size=size) for size in range(16, 27, 2)}
     out = np.zeros((n, 28, 28), dtype=np.uint8)
-    kind = rng.integers(0, 3, size=n)
-    cy, cx = rng.uniform(8, 20, size=(2, n))
-    ry, rx = rng.uniform(3, 10, size=(2, n))
-    ang = rng.uniform(0, np.pi, size=n)
+    chars = rng.integers(0, len(LETTERS), size=n)
+    sizes = rng.choice(sorted(fonts), size=n)
+    angles = rng.uniform(-20, 20, size=n)
+    shift = rng.integers(-2, 3, size=(n, 2))
     for i in range(n):
-        if kind[i] == 0:
-            m = (np.abs(yy - cy[i]) <= ry[i]) & (np.abs(xx - cx[i]) <= rx[i])
-        elif kind[i] == 1:
-            m = ((yy - cy[i]) / ry[i]) ** 2 + ((xx - cx[i]) / rx[i]) ** 2 <= 1.0
-        else:
-            d = np.abs((yy - cy[i]) * np.cos(ang[i]) - (xx - cx[i]) * np.sin(ang[i]))
-            m = d <= max(1.5, ry[i] / 3)
-        out[i][m] = 255
+        im = Image.new("L", (28, 28))
+        ImageDraw.Draw(im).text((14 + int(shift[i, 0]), 14 + int(shift[i, 1])), LETTERS[chars[i]], fill=255,
+                                font=fonts[int(sizes[i])], anchor="mm")
+        out[i] = np.asarray(im.rotate(float(angles[i]), resample=Image.BILINEAR))
     return out
 
 
@@ -64,8 +65,8 @@ def generate(kind: str, n: int, seed: int = 0, digits: np.ndarray | None = None)
         return blank(n, 0)
     if kind == "white":
         return blank(n, 255)
-    if kind == "shapes":
-        return shapes(n, rng)
+    if kind == "letters":
+        return letters(n, rng)
     if kind == "scrambled-digits":
         if digits is None:
             raise ValueError("scrambled-digits needs digit images to cut up")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from runtime.fileio import ArtifactError
 
 from . import __version__
-from .augment import augment
+from .augment import augment, make_outliers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
 from .model import ArchConfig, Pipeline, PreprocessConfig
@@ -42,7 +42,13 @@ class TrainConfig:
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # onecycle | constant
     rotation: float = 25.0
+    # Nearest-neighbour rotation, as the seed protocol (torchvision's default) applies it at test time.
+    rotation_mode: str = "nearest"
     invert_p: float = 0.0
+    # Outlier exposure: this many synthetic non-digits per real image, trained toward the
+    # uniform distribution, so the gate learns to refuse what is not a digit.
+    outlier_fraction: float = 0.0
+    outlier_weight: float = 0.5
     polarity: str = "auto"
     holdout_fraction: float = 0.2
     seed: int = 0
@@ -58,7 +64,8 @@ class TrainConfig:
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "seed": dict(arch="lenet5-classic", epochs=940, batch_size=100, optimizer="sgd", lr=0.01, momentum=0.9,
-                 weight_decay=0.0, schedule="constant", rotation=25.0, invert_p=0.5, polarity="none"),
+                 weight_decay=0.0, schedule="constant", rotation=25.0, rotation_mode="nearest", invert_p=0.5,
+                 polarity="none", outlier_fraction=0.0),
 }
 
 
@@ -85,6 +92,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (0.0 < cfg.holdout_fraction < 1.0, f"holdout fraction {cfg.holdout_fraction}: expected a value in (0, 1)"),
         (0.0 <= cfg.invert_p <= 1.0, f"invert probability {cfg.invert_p}: expected a value in [0, 1]"),
         (0.0 <= cfg.rotation <= 180.0, f"rotation {cfg.rotation}: expected degrees in [0, 180]"),
+        (cfg.rotation_mode in ("nearest", "bilinear"), f"rotation mode {cfg.rotation_mode!r}: expected 'nearest' or 'bilinear'"),
+        (0.0 <= cfg.outlier_fraction <= 1.0, f"outlier fraction {cfg.outlier_fraction}: expected a value in [0, 1]"),
         (cfg.optimizer in ("adamw", "sgd"), f"optimizer {cfg.optimizer!r}: expected 'adamw' or 'sgd'"),
         (cfg.schedule in ("onecycle", "constant"), f"schedule {cfg.schedule!r}: expected 'onecycle' or 'constant'"),
         (cfg.polarity in ("auto", "none"), f"polarity {cfg.polarity!r}: expected 'auto' or 'none'"),
@@ -179,8 +188,16 @@ def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
     total = torch.zeros((), device=x.device)
     for i in range(0, n, cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
-        xb = augment(x[idx].float() / 255.0, cfg.rotation, cfg.invert_p, gen)
-        loss = F.cross_entropy(model(xb), y[idx])
+        xb = augment(x[idx].float() / 255.0, cfg.rotation, cfg.invert_p, gen, cfg.rotation_mode)
+        n_out = int(round(cfg.outlier_fraction * idx.numel()))
+        if n_out:
+            xo = make_outliers(xb[:n_out], gen)
+            logits = model(torch.cat([xb, xo]))
+            loss = F.cross_entropy(logits[:idx.numel()], y[idx])
+            # Cross-entropy to the uniform distribution (Hendrycks et al., outlier exposure).
+            loss = loss - cfg.outlier_weight * logits[idx.numel():].log_softmax(1).mean()
+        else:
+            loss = F.cross_entropy(model(xb), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -266,8 +283,8 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
             "holdout_fraction": cfg.holdout_fraction,
             "seed": cfg.seed,
             "holdout_indices": torch.from_numpy(ho_idx.astype(np.int64)),
-            "n_train": int(len(tr_idx)),
-            "n_holdout": int(len(ho_idx)),
+            "n_train": len(tr_idx),
+            "n_holdout": len(ho_idx),
             "dataset_source": train.source,
             "dataset_sha256": train.sha256,
         },

@@ -1,0 +1,59 @@
+"""Shared fixtures: small datasets and one tiny trained artifact for the whole session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    from toolchain.data import embedded_mnist
+    return embedded_mnist("test")
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    from toolchain.data import embedded_mnist
+    return embedded_mnist("train")
+
+
+@pytest.fixture(scope="session")
+def small_split(mnist_train, mnist_test):
+    """A 6,000-image training set and 2,000-image test set: enough to learn, fast to train."""
+    from toolchain.data import Dataset
+    tr = Dataset(mnist_train.images[:6000], mnist_train.labels[:6000], "mnist[:6000]")
+    te = Dataset(mnist_test.images[:2000], mnist_test.labels[:2000], "mnist-test[:2000]")
+    return tr, te
+
+
+@pytest.fixture(scope="session")
+def artifact(tmp_path_factory, small_split):
+    """A trained, calibrated artifact folder (3 epochs on 6,000 images, about 10 s on 2 cores)."""
+    import torch
+
+    from toolchain import jobs
+    from toolchain.train import make_config
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("artifact")
+    cfg = make_config("default", epochs=3, outlier_fraction=0.0)
+    tr, te = small_split
+    jobs.train(cfg, out, tr, te, gate_options=dict(target_risk=0.02, delta=0.1))
+    return out
+
+
+def write_rows(path: Path, rows: list[str], newline: str = "\n", final: bool = True) -> Path:
+    path.write_text(newline.join(rows) + (newline if final else ""))
+    return path
+
+
+def csv_row(label: int, pixels: np.ndarray) -> str:
+    return ",".join([str(label)] + [str(int(p)) for p in pixels.reshape(-1)])

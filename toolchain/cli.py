@@ -1,0 +1,279 @@
+"""The ``lenet-tool`` command line: thin Click commands over the library functions.
+
+Exit status: 0 success, 1 a check failed (verify, bench targets, a gate that cannot be
+certified), 2 bad usage or bad input (with a message naming what was given and expected).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+
+DEFAULT_OUT = Path("artifacts/lenet")
+
+
+class CheckFailed(Exception):
+    """A check ran and failed: exit status 1."""
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's typed errors into a one-line message and the contract's exit status."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from runtime.fileio import ArtifactError
+
+        from .data import DataError
+        from .gate import CertificationError, GateError
+        try:
+            return fn(*args, **kwargs)
+        except CheckFailed as e:
+            click.echo(f"Check failed: {e}", err=True)
+            sys.exit(1)
+        except CertificationError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except (DataError, ArtifactError, GateError, ValueError, FileNotFoundError) as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: files already written are intact (every write is atomic).", err=True)
+            sys.exit(130)
+    return wrapper
+
+
+def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--train-csv/--test-csv/--idx-dir, shared by every command that reads the dataset."""
+    fn = click.option("--idx-dir", type=click.Path(path_type=Path),
+                      help="Folder of the four MNIST-named IDX files (gzip'd or not) instead of the embedded MNIST.")(fn)
+    fn = click.option("--test-csv", type=click.Path(path_type=Path),
+                      help="Test set in the seed's CSV format (label,784 pixels; header optional).")(fn)
+    fn = click.option("--train-csv", type=click.Path(path_type=Path),
+                      help="Training set in the seed's CSV format (label,784 pixels; header optional).")(fn)
+    return fn
+
+
+def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
+                need_train: bool = True) -> tuple[Any, Any]:
+    from .data import load_dataset
+    train = load_dataset(csv=train_csv, idx_dir=idx_dir, split="train") if need_train else None
+    test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+    return train, test
+
+
+def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The gate's fitting options, shared by train and calibrate."""
+    from .gate import METHODS, SCORES
+    fn = click.option("--ood-data", type=click.Path(path_type=Path),
+                      help="Extra out-of-distribution images to measure acceptance on (CSV, IDX file or folder).")(fn)
+    fn = click.option("--search", type=click.Choice(["ltt", "sgr"]), default="ltt", show_default=True,
+                      help="Threshold search: Learn-then-Test fixed sequence, or SGR's binary search.")(fn)
+    fn = click.option("--score", type=click.Choice(SCORES), default="msp", show_default=True,
+                      help="Gate score of the guaranteed method.")(fn)
+    fn = click.option("--delta", type=float, default=0.05, show_default=True,
+                      help="The guarantee holds with probability at least 1 - delta.")(fn)
+    fn = click.option("--target-risk", type=float, default=0.002, show_default=True,
+                      help="Largest error rate allowed among accepted inputs (guaranteed method).")(fn)
+    fn = click.option("--method", type=click.Choice(METHODS), default="guaranteed", show_default=True,
+                      help="Gate method: temperature scaling with a certified threshold, or the notebook's rule.")(fn)
+    return fn
+
+
+def _check_gate_args(target_risk: float, delta: float) -> None:
+    if not 0.0 < target_risk < 1.0:
+        raise click.BadParameter(f"{target_risk}: expected a value in (0, 1)", param_hint="--target-risk")
+    if not 0.0 < delta < 1.0:
+        raise click.BadParameter(f"{delta}: expected a value in (0, 1)", param_hint="--delta")
+
+
+def _emit(as_json: bool, obj: Any, text: str) -> None:
+    click.echo(json.dumps(obj, indent=2) if as_json else text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="lenet-tool")
+def main() -> None:
+    """Train, calibrate, export, verify and benchmark LeNet digit classifiers with a confidence gate."""
+
+
+# --------------------------------------------------------------------------- train
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, help="Artifact folder.")
+@click.option("--recipe", type=click.Choice(["default", "seed"]), default="default",
+              help="'seed' reproduces the notebook's hyperparameters exactly.")
+@click.option("--arch", type=click.Choice(["lenet5", "lenet5-classic"]), default=None,
+              help="Architecture (default: the recipe's; lenet5 for 'default').")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the recipe's; 16 for 'default').")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default: the recipe's).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
+@click.option("--outlier-fraction", type=float, default=None,
+              help="Synthetic non-digits per real image, trained toward uniform (default: the recipe's).")
+@click.option("--polarity", type=click.Choice(["auto", "none"]), default=None,
+              help="'auto' inverts dark-on-light frames in the graph itself (default: the recipe's).")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N; data stays resident there.")
+@click.option("--seed", type=int, default=0, help="Seed of the split, initialisation and augmentation.")
+@click.option("--deterministic", is_flag=True, help="Use deterministic algorithms only (slower on CUDA).")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
+@click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same options; --epochs may grow).")
+@data_options
+@gate_options
+@click.option("--quiet", is_flag=True, help="No progress bar or environment report.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON at the end.")
+@handle_errors
+def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
+          outlier_fraction: float | None, polarity: str | None, device: str, seed: int, deterministic: bool,
+          threads: int | None, resume: bool, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
+          method: str, target_risk: float, delta: float, score: str, search: str, ood_data: Path | None,
+          quiet: bool, as_json: bool) -> None:
+    """Train LeNet, evaluate it, calibrate its gate, and write the artifact folder."""
+    import torch
+
+    from . import jobs
+    from .evaluate import per_class_table
+    from .train import environment_report, make_config, resolve_device
+
+    _check_gate_args(target_risk, delta)
+    if threads is not None:
+        if threads < 1:
+            raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
+        torch.set_num_threads(threads)
+    cfg = make_config(recipe, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
+                      outlier_fraction=outlier_fraction, polarity=polarity, device=device, seed=seed,
+                      deterministic=deterministic)
+    train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir)
+    ood_images = jobs.load_ood_images(ood_data) if ood_data else None
+    quiet = quiet or as_json
+    if not quiet:
+        env = environment_report(resolve_device(cfg.device))
+        click.echo("Environment: " + ", ".join(f"{k}={v}" for k, v in env.items()), err=True)
+        click.echo(f"Data: train {train_ds.source} ({len(train_ds)}), test {test_ds.source} ({len(test_ds)})", err=True)
+    bar: Any = None
+
+    def on_start(start_epoch: int, n_train: int) -> None:
+        nonlocal bar
+        if quiet:
+            return
+        from tqdm import tqdm
+        bar = tqdm(total=cfg.epochs * n_train, initial=start_epoch * n_train, unit="img", unit_scale=True,
+                   desc=f"epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr, dynamic_ncols=True)
+
+    def on_batch(n: int) -> None:
+        if bar is not None:
+            bar.update(n)
+
+    def on_epoch(rec: dict[str, float]) -> None:
+        if bar is not None:
+            bar.set_description(f"epoch {int(rec['epoch']) + 1 if rec['epoch'] < cfg.epochs else cfg.epochs}"
+                                f"/{cfg.epochs}")
+            bar.set_postfix(train_loss=f"{rec['train_loss']:.4f}", val_loss=f"{rec['val_loss']:.4f}",
+                            val_acc=f"{100 * rec['val_accuracy']:.2f}%")
+
+    try:
+        metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume,
+                             gate_options=dict(method=method, target_risk=target_risk, delta=delta, score=score,
+                                               search=search),
+                             ood_images=ood_images, ood_name=str(ood_data) if ood_data else None,
+                             on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
+    finally:
+        if bar is not None:
+            bar.close()
+    g = metrics["gate"]
+    text = "\n".join([
+        per_class_table(metrics["test"], [str(i) for i in range(10)]),
+        f"Test loss: {metrics['test']['loss']:.4f}   training: {metrics['train']['seconds']:.1f} s on "
+        f"{metrics['train']['device']}, best epoch {metrics['train']['best_epoch']}",
+        f"Gate ({g['method']}, {g['score']}): threshold {g['threshold']:.6f}, test coverage "
+        f"{100 * g['test']['coverage']:.2f}%, selective risk {100 * g['test']['selective_risk']:.3f}%",
+        f"Artifact: {out}",
+    ])
+    _emit(as_json, metrics, text)
+
+
+# --------------------------------------------------------------------------- calibrate
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@gate_options
+@data_options
+@click.option("--holdout-csv", type=click.Path(path_type=Path),
+              help="Held-out data to fit on (CSV) instead of the checkpoint's own held-out split.")
+@click.option("--holdout-idx", type=click.Path(path_type=Path),
+              help="Held-out data to fit on (IDX folder, 'train'-named files) instead of the checkpoint's split.")
+@click.option("--json", "as_json", is_flag=True, help="Print the gate metrics as JSON.")
+@handle_errors
+def calibrate(artifact: Path, method: str, target_risk: float, delta: float, score: str, search: str,
+              ood_data: Path | None, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
+              holdout_csv: Path | None, holdout_idx: Path | None, as_json: bool) -> None:
+    """Re-fit the gate of a trained ARTIFACT folder without retraining."""
+    from . import jobs
+    from .checkpoint import load_checkpoint
+    from .data import load_dataset
+
+    _check_gate_args(target_risk, delta)
+    ckpt_path = artifact / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    if holdout_csv or holdout_idx:
+        holdout = load_dataset(csv=holdout_csv, idx_dir=holdout_idx, split="train")
+        split_info = {"split": "user", "dataset_sha256": holdout.sha256}
+        test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+    else:
+        train_ds, test = load_splits(train_csv, test_csv, idx_dir)
+        holdout = jobs.holdout_from_checkpoint(ckpt, train_ds, str(ckpt_path))
+        split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
+    ood_images = jobs.load_ood_images(ood_data) if ood_data else None
+    g = jobs.calibrate(artifact, holdout=holdout, test=test, method=method, score=score, search=search,
+                       target_risk=target_risk, delta=delta, ood_images=ood_images,
+                       ood_name=str(ood_data) if ood_data else None, split_info=split_info)
+    _emit(as_json, g, format_gate_table(g))
+
+
+def format_gate_table(g: dict[str, Any]) -> str:
+    """The side-by-side comparison of gate methods, as text."""
+    kinds = list(next((r["ood_acceptance"] for r in g["comparison"] if "ood_acceptance" in r), {}))
+    head = f"{'method':<11} {'score':<12} {'threshold':>10} {'coverage':>9} {'risk':>8} {'AURC':>8}  " + \
+        "  ".join(f"{k[:14]:>14}" for k in kinds)
+    lines = ["Gate comparison (test set; OOD columns: share of frames accepted)", head]
+    for r in g["comparison"]:
+        if "error" in r:
+            lines.append(f"{r['method']:<11} {r['score']:<12} cannot fit: {r['error']}")
+            continue
+        mark = " *" if r.get("chosen") else ""
+        lines.append(f"{r['method']:<11} {r['score']:<12} {r['threshold']:>10.6f} {100 * r['test']['coverage']:>8.2f}% "
+                     f"{100 * r['test']['selective_risk']:>7.3f}% {r['test']['aurc']:>8.5f}  " +
+                     "  ".join(f"{100 * r['ood_acceptance'][k]:>13.2f}%" for k in kinds) + mark)
+    e = g["ece_15_bins"]
+    lines.append(f"ECE (15 bins): {100 * e['before_temperature']:.3f}% before, {100 * e['after_temperature']:.3f}% "
+                 f"after temperature scaling (T = {e['temperature']:.4f}); * = the gate in use")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- data
+
+@main.group()
+def data() -> None:
+    """Dataset utilities."""
+
+
+@data.command("export-csv")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@data_options
+@handle_errors
+def export_csv(out_dir: Path, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None) -> None:
+    """Write the seed's mnist_train.csv and mnist_test.csv (no header) into OUT_DIR."""
+    from .data import write_csv
+    train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir)
+    for name, ds in (("mnist_train.csv", train_ds), ("mnist_test.csv", test_ds)):
+        write_csv(ds, out_dir / name)
+        click.echo(f"wrote {out_dir / name} ({len(ds)} rows)")
+
+
+if __name__ == "__main__":
+    main()

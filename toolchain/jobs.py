@@ -1,0 +1,223 @@
+"""The work behind the CLI commands, as plain functions: train, calibrate, manifest.
+
+Each writes its files atomically and finishes by rewriting ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.fileio import ArtifactError, atomic_write_json, load_json_file, sha256_file
+
+from . import __version__, gate, ood, report
+from .checkpoint import build_pipeline, load_checkpoint, save_checkpoint
+from .data import DataError, Dataset, load_idx_folder, read_csv, read_idx
+from .evaluate import evaluate_test
+from .train import TrainConfig, TrainResult, fit, predict_logits
+
+LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "click", "matplotlib")
+OOD_PER_KIND = 10_000
+#: OOD kinds that outlier exposure synthesises in training; the others are never seen.
+OOD_SEEN_IN_TRAINING = ("uniform-noise", "black", "white", "scrambled-digits")
+
+
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries the artifacts depend on."""
+    out = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_manifest(out_dir: Path) -> dict[str, Any]:
+    """SHA-256 and size of every file in ``out_dir`` (but the manifest and resume state)."""
+    files = {}
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_file() and p.name not in ("manifest.json", "last.pt") and not p.name.startswith("."):
+            rel = p.relative_to(out_dir).as_posix()
+            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest = {"schema_version": 1, "tool": "lenet-tool", "tool_version": __version__,
+                "libraries": library_versions(), "files": files}
+    atomic_write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def read_metrics(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / "metrics.json"
+    return load_json_file(path) if path.is_file() else {}
+
+
+# --------------------------------------------------------------------------- data for the gate
+
+def load_ood_images(path: str | Path) -> np.ndarray:
+    """Images of a user-given OOD dataset: a seed CSV, an IDX images file or an IDX folder."""
+    path = Path(path)
+    if path.is_dir():
+        for split in ("test", "train"):
+            try:
+                return load_idx_folder(path, split, num_classes=256).images
+            except DataError:
+                continue
+        raise DataError(f"{path}: no IDX image files (t10k-/train-images-idx3-ubyte[.gz]) in this folder")
+    if path.suffix.lower() == ".csv":
+        return read_csv(path, num_classes=1000).images  # labels of OOD data are not used
+    arr = read_idx(path)
+    if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+        raise DataError(f"{path}: images of shape {list(arr.shape)}: expected [N, 28, 28] (28x28 grayscale)")
+    return arr
+
+
+def holdout_from_checkpoint(ckpt: dict[str, Any], train: Dataset, where: str) -> Dataset:
+    """The held-out split recorded in a checkpoint, taken from the training data it names."""
+    split = ckpt.get("split") or {}
+    idx = split.get("holdout_indices")
+    if idx is None or len(idx) == 0:
+        raise ArtifactError(f"{where}: the checkpoint records no held-out split: expected one written by "
+                            "'lenet-tool train', or pass held-out data with --holdout-csv/--holdout-idx")
+    if split.get("dataset_sha256") != train.sha256:
+        raise ArtifactError(f"{where}: the checkpoint was trained on {split.get('dataset_source')!r}, "
+                            f"not on {train.source!r}: pass the same training data")
+    idx = np.asarray(idx, dtype=np.int64)
+    if idx.min() < 0 or idx.max() >= len(train):
+        raise ArtifactError(f"{where}: held-out indices outside the {len(train)} training images")
+    return Dataset(train.images[idx], train.labels[idx], source=f"{train.source} (held-out split)")
+
+
+@torch.no_grad()
+def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    x = torch.from_numpy(np.ascontiguousarray(images).copy()).unsqueeze(1)
+    return predict_logits(model, x).double().numpy()
+
+
+# --------------------------------------------------------------------------- calibrate
+
+def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "guaranteed",
+              score: str = "msp", search: str = "ltt", target_risk: float = 0.002, delta: float = 0.05,
+              ood_images: np.ndarray | None = None, ood_name: str | None = None,
+              split_info: dict[str, Any] | None = None, test_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit the gate on ``holdout``; compare every method on ``test`` and OOD frames; write it all.
+
+    Updates ``calibration.json``, the checkpoint's ``calibration``, ``metrics.json``'s
+    ``gate`` section, the gate plots and the manifest.
+    """
+    ckpt_path = out_dir / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_pipeline(ckpt)
+    lh = _logits(model, holdout.images)
+    if test_eval is None:
+        test_eval = evaluate_test(model, test)
+    lt, yt = test_eval["logits"], test.labels
+    ok_t = lt.argmax(1) == yt
+    ood_sets = {k: ood.generate(k, OOD_PER_KIND, seed=1, digits=test.images) for k in ood.KINDS}
+    if ood_images is not None:
+        ood_sets[f"user:{ood_name or 'dataset'}"] = ood_images
+    ood_logits = {k: _logits(model, v) for k, v in ood_sets.items()}
+
+    split = {"split": "holdout", "source": holdout.source, **(split_info or {})}
+    chosen = gate.fit_gate(method, lh, holdout.labels, target_risk=target_risk, delta=delta, score=score,
+                           search=search, split=split)
+    rows = []
+    candidates = [("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy")]
+    if (method, chosen["score"]) not in candidates:
+        candidates.append((method, chosen["score"]))
+    curves = {}
+    for m, s in candidates:
+        try:
+            c = chosen if (m, s) == (method, chosen["score"]) else gate.fit_gate(
+                m, lh, holdout.labels, target_risk=target_risk, delta=delta, score=s if s != "seed-minmax" else "msp",
+                search=search, split=split)
+        except gate.GateError as e:
+            rows.append({"method": m, "score": s, "error": str(e)})
+            continue
+        conf = gate.confidence_np(lt, c)
+        st = gate.gate_stats(conf, ok_t, c["threshold"])
+        seed_conf = gate.confidence_np(test_eval["seed_logits"], c)
+        seed_ok = test_eval["seed_logits"].argmax(1) == yt
+        row = {"method": m, "score": c["score"], "threshold": c["threshold"],
+               "test": {**st, "aurc": gate.aurc(conf, ok_t)},
+               "seed_protocol": gate.gate_stats(seed_conf, seed_ok, c["threshold"]),
+               "ood_acceptance": {k: float((gate.confidence_np(v, c) >= c["threshold"]).mean())
+                                  for k, v in ood_logits.items()},
+               "chosen": (m, c["score"]) == (method, chosen["score"])}
+        if "temperature" in c:
+            row["temperature"] = c["temperature"]
+        rows.append(row)
+        cov, risk = gate.risk_coverage(conf, ok_t)
+        curves[f"{m} ({c['score']})"] = (cov, risk, st["coverage"], st["selective_risk"])
+
+    t = chosen.get("temperature") or gate.fit_temperature(lh, holdout.labels)
+    p_before = gate.softmax_np(lt).max(1)
+    p_after = gate.softmax_np(lt, t).max(1)
+    conf_chosen = gate.confidence_np(lt, chosen)
+    st = gate.gate_stats(conf_chosen, ok_t, chosen["threshold"])
+    gate_metrics = {
+        "method": method, "score": chosen["score"], "threshold": chosen["threshold"],
+        "target_risk": chosen.get("target_risk"), "delta": chosen.get("delta"),
+        "test": {**st, "aurc": gate.aurc(conf_chosen, ok_t)},
+        "ece_15_bins": {"before_temperature": gate.ece(p_before, ok_t), "after_temperature": gate.ece(p_after, ok_t),
+                        "temperature": t},
+        "ood_acceptance": next((r["ood_acceptance"] for r in rows if r.get("chosen")), {}),
+        "ood_seen_in_training": [k for k in OOD_SEEN_IN_TRAINING
+                                 if (ckpt["train_config"].get("outlier_fraction") or 0) > 0],
+        "comparison": rows,
+    }
+    rdir = out_dir / "report"
+    report.score_histogram(conf_chosen, ok_t, chosen["threshold"], f"{method} gate ({chosen['score']}), test set",
+                           rdir / "gate_scores.png")
+    seed_row = gate.fit_gate("seed", lh, holdout.labels) if method != "seed" else chosen
+    report.score_histogram(gate.confidence_np(lt, seed_row), ok_t, seed_row["threshold"],
+                           "notebook's rule (seed-minmax), test set", rdir / "gate_scores_seed.png")
+    report.risk_coverage_plot(curves, chosen.get("target_risk"), rdir / "risk_coverage.png")
+    report.reliability(p_before, p_after, ok_t, rdir / "reliability.png")
+
+    atomic_write_json(out_dir / "calibration.json", chosen)
+    ckpt["calibration"] = chosen
+    save_checkpoint(ckpt_path, {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    metrics = read_metrics(out_dir)
+    metrics["gate"] = gate_metrics
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    write_manifest(out_dir)
+    return gate_metrics
+
+
+# --------------------------------------------------------------------------- train
+
+def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, *, resume: bool = False,
+          gate_options: dict[str, Any] | None = None, ood_images: np.ndarray | None = None,
+          ood_name: str | None = None, **callbacks: Callable[..., Any]) -> dict[str, Any]:
+    """Train, evaluate on the test set, calibrate the gate and write the whole artifact."""
+    result: TrainResult = fit(cfg, train_ds, out_dir, resume=resume, **callbacks)
+    ckpt = result.checkpoint
+    save_checkpoint(out_dir / "checkpoint.pt", ckpt)
+    test_eval = evaluate_test(result.model, test_ds)
+    metrics: dict[str, Any] = {
+        "schema_version": 1,
+        "test": {k: test_eval[k] for k in ("accuracy", "loss", "per_class_accuracy", "per_class_count",
+                                            "confusion", "seed_protocol_accuracy", "seed_protocol_seed")},
+        "train": {"seconds": result.seconds, "device": result.device, "epochs": len(result.history),
+                  "best_epoch": ckpt["epoch"], "best_val_loss": ckpt["val_loss"], "config": cfg.to_dict(),
+                  "environment": result.environment, "history": result.history},
+        "data": {"train": train_ds.source, "train_sha256": train_ds.sha256, "test": test_ds.source,
+                 "test_sha256": test_ds.sha256},
+    }
+    atomic_write_json(out_dir / "metrics.json", metrics)
+    rdir = out_dir / "report"
+    report.loss_curves(result.history, rdir / "loss_curves.png")
+    report.sample_images(test_ds.images[:32], test_eval["seed_images"], test_ds.labels[:32], rdir / "samples.png")
+    report.confusion(np.array(test_eval["confusion"]), ckpt["class_names"], rdir / "confusion_matrix.png")
+    holdout = holdout_from_checkpoint(ckpt, train_ds, str(out_dir / "checkpoint.pt"))
+    opts = dict(gate_options or {})
+    metrics["gate"] = calibrate(out_dir, holdout=holdout, test=test_ds, ood_images=ood_images, ood_name=ood_name,
+                                test_eval=test_eval, **opts)
+    return json.loads(json.dumps(read_metrics(out_dir)))
