@@ -255,6 +255,78 @@ def format_gate_table(g: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- export
+
+def _target_names() -> list[str]:
+    from exporters.targets import TARGETS
+    return list(TARGETS)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.option("--target", "targets", multiple=True, required=True, type=click.Choice(_target_names()),
+              help="What to export (repeatable): onnx, onnx-int8, onnx-fp16, trt.")
+@click.option("--opset", type=int, default=None, help="ONNX opset [onnx targets; default 17].")
+@click.option("--validate-images", type=int, default=None,
+              help="Test images the export is validated on against PyTorch [onnx targets; default 10000; 0 skips].")
+@click.option("--calibration-images", type=int, default=None,
+              help="Training images that calibrate int8 quantization [onnx-int8; default 2000].")
+@click.option("--int8-format", type=click.Choice(["qdq", "qoperator"]), default=None,
+              help="QDQ (TensorRT and ONNX Runtime) or QOperator (ONNX Runtime CPU) [onnx-int8; default qdq].")
+@click.option("--source", type=click.Choice(["onnx", "int8", "fp16"]), default=None,
+              help="Which ONNX file the plan is built from [trt; default onnx].")
+@click.option("--min-batch", type=int, default=None, help="Plan profile minimum batch [trt; default 1].")
+@click.option("--opt-batch", type=int, default=None, help="Plan profile optimal batch [trt; default 32].")
+@click.option("--max-batch", type=int, default=None, help="Plan profile maximum batch [trt; default 1024].")
+@click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB [trt; default 256].")
+@click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
+              help="Timing cache file, read and updated [trt; default ARTIFACT/timing.cache].")
+@data_options
+@click.option("--json", "as_json", is_flag=True, help="Print the export results as JSON.")
+@handle_errors
+def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, test_csv: Path | None,
+           idx_dir: Path | None, as_json: bool, **options: Any) -> None:
+    """Export a calibrated ARTIFACT folder's model, validating each file against PyTorch."""
+    import exporters
+    from exporters.targets import check_options
+    from exporters.tensorrt import TensorRTUnavailable
+    from exporters.validate import ValidationError
+
+    for t in targets:  # every option problem before any work
+        check_options(t, options)
+    need_train = "onnx-int8" in targets
+    train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir, need_train=need_train)
+    results = []
+    for t in targets:
+        try:
+            r = exporters.export(artifact, t, test_images=test_ds.images[:, None], test_labels=test_ds.labels,
+                                 calib_images=train_ds.images[:, None] if train_ds is not None else None,
+                                 **{k: v for k, v in options.items() if v is not None})
+        except ValidationError as e:
+            raise CheckFailed(f"export of {t} failed validation; the file was not kept:\n{e}") from None
+        except TensorRTUnavailable as e:
+            raise ValueError(str(e)) from None
+        results.append({"target": t, "path": str(r.path), "seconds": r.seconds, **r.details,
+                        "validation": r.report.to_dict() if r.report else None})
+        if not as_json:
+            click.echo(f"{t}: wrote {r.path} in {r.seconds:.2f} s")
+            if r.report:
+                click.echo(r.report.describe())
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def info(path: Path, as_json: bool) -> None:
+    """Describe a checkpoint, an ONNX file, a TensorRT plan, or every model in an artifact folder."""
+    from .info import describe_path
+    obj, text = describe_path(path)
+    _emit(as_json, obj, text)
+
+
 # --------------------------------------------------------------------------- data
 
 @main.group()

@@ -1,0 +1,211 @@
+"""Checkpoint -> ONNX (fp32, fp16, int8), validated against PyTorch before it is kept.
+
+Exporter: torch.onnx's TorchScript-based exporter (``dynamo=False``) at opset 17. It is
+in every torch from 2.4 to 2.14 with the same behaviour and needs no onnxscript (which
+the GPU machines' stock image lacks); the graph is small and static, so nothing the
+dynamo exporter adds is needed. Export uses a batch of 2 and marks the batch axis
+dynamic so it is never specialised.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.fileio import ArtifactError, sha256_file
+from runtime.metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES
+from toolchain.checkpoint import build_pipeline, load_checkpoint
+
+from .graph import GatedModel
+from .metadata import build_metadata
+from .validate import Report, ValidationError, compare
+
+
+@dataclass
+class ExportResult:
+    """A written file, its validation report and how long export took."""
+
+    path: Path
+    report: Report | None
+    seconds: float
+    details: dict[str, Any]
+
+
+def load_calibrated(artifact: Path) -> tuple[dict[str, Any], str, torch.nn.Module]:
+    """The artifact's checkpoint (which must carry a gate), its SHA-256, and its pipeline."""
+    path = artifact / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    if not ckpt.get("calibration"):
+        raise ArtifactError(f"{path}: the checkpoint has no calibrated gate: run 'lenet-tool calibrate {artifact}'")
+    return ckpt, sha256_file(path), build_pipeline(ckpt)
+
+
+@torch.no_grad()
+def torch_reference(model: GatedModel, images: np.ndarray, batch: int = 2048) -> dict[str, np.ndarray]:
+    """The four outputs of the PyTorch graph for uint8 ``(N, 1, 28, 28)`` images."""
+    model.eval()
+    outs: list[tuple[torch.Tensor, ...]] = []
+    for i in range(0, len(images), batch):
+        outs.append(model(torch.from_numpy(np.array(images[i:i + batch], dtype=np.uint8))))
+    return {k: torch.cat([o[j] for o in outs]).numpy() for j, k in enumerate(OUTPUT_NAMES)}
+
+
+def to_onnx(model: GatedModel, opset: int) -> Any:
+    """Trace ``model`` to an ``onnx.ModelProto`` with a dynamic batch axis, constants folded."""
+    import onnx
+
+    buf = io.BytesIO()
+    dummy = torch.zeros(2, 1, 28, 28, dtype=torch.uint8)
+    dynamic = {name: {0: "N"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
+    kwargs: dict[str, Any] = {}
+    if "dynamo" in torch.onnx.export.__code__.co_varnames:
+        kwargs["dynamo"] = False  # torch >= 2.5 has both exporters; the TorchScript one is the default before 2.9
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice in torch >= 2.9
+        torch.onnx.export(model.eval(), (dummy,), buf, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                          dynamic_axes=dynamic, opset_version=opset, do_constant_folding=True, **kwargs)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def attach_metadata(proto: Any, meta: dict[str, Any]) -> Any:
+    """Set the one ``lenet_tool`` metadata entry (JSON), replacing any earlier one."""
+    keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(meta, sort_keys=True, allow_nan=False)
+    proto.producer_name = "lenet-tool"
+    return proto
+
+
+def run_onnx(path: Path, images: np.ndarray, threads: int | None = None) -> dict[str, np.ndarray]:
+    """The four outputs of an ONNX file on the CPU, through runtime's ONNX Runtime backend."""
+    from runtime.backends.ort import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"], threads=threads)
+    parts = [backend.run(np.ascontiguousarray(images[i:i + 2048])) for i in range(0, len(images), 2048)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
+
+
+class Staging:
+    """A scratch folder inside the artifact: files are built and validated there, then moved
+    into place with an atomic rename, so a failed or interrupted export leaves nothing behind."""
+
+    def __init__(self, artifact: Path) -> None:
+        artifact.mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=".export-", dir=artifact))
+        self.artifact = artifact
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def commit(self, name: str) -> Path:
+        final = self.artifact / name
+        (self.dir / name).replace(final)
+        return final
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def export_float(artifact: Path, filename: str, precision: str, *, opset: int, images: np.ndarray,
+                 labels: np.ndarray | None, validate: bool = True) -> ExportResult:
+    """Export the fp32 or fp16 graph, check it, validate it against PyTorch, then keep it."""
+    import onnx
+
+    t0 = time.perf_counter()
+    ckpt, sha, pipeline = load_calibrated(artifact)
+    graph = GatedModel(pipeline, ckpt["calibration"], half=precision == "fp16")
+    proto = attach_metadata(to_onnx(graph, opset), build_metadata(ckpt, checkpoint_sha256=sha, precision=precision,
+                                                                   opset=opset))
+    onnx.checker.check_model(proto, full_check=True)
+    with Staging(artifact) as stage:
+        tmp = stage.path(filename)
+        onnx.save(proto, str(tmp))
+        report = None
+        if validate:
+            ref = torch_reference(GatedModel(pipeline, ckpt["calibration"]), images)
+            report = compare(filename, precision, ref, run_onnx(tmp, images), graph.threshold, labels)
+            if not report.passed:
+                raise ValidationError(report)
+        path = stage.commit(filename)
+    return ExportResult(path, report, time.perf_counter() - t0, {"opset": opset, "exporter": "torch.onnx (TorchScript)"})
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt: str) -> None:
+    """Static int8 quantization with ONNX Runtime of the network's Conv and Gemm nodes.
+
+    ``qdq``: QuantizeLinear/DequantizeLinear pairs with symmetric int8 activations and
+    weights, the form TensorRT consumes. ``qoperator``: QLinearConv/QGemm with uint8
+    activations, ONNX Runtime's CPU form. Preprocessing and gate stay in float.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: np.ascontiguousarray(calib_images[i:i + 200])}
+                                 for i in range(0, len(calib_images), 200)])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    qdq = fmt == "qdq"
+    quantize_static(str(fp32_path), str(out_path), Reader(),
+                    quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
+                    per_channel=True, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,
+                    op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": qdq, "WeightSymmetric": True})
+
+
+def export_int8(artifact: Path, filename: str, *, opset: int, images: np.ndarray, labels: np.ndarray | None,
+                calib_images: np.ndarray, int8_format: str, validate: bool = True) -> ExportResult:
+    """fp32 export, then int8 quantization calibrated on training images, then validation."""
+    import onnx
+
+    if int8_format not in ("qdq", "qoperator"):
+        raise ValueError(f"int8 format {int8_format!r}: expected 'qdq' or 'qoperator'")
+    t0 = time.perf_counter()
+    ckpt, sha, pipeline = load_calibrated(artifact)
+    graph = GatedModel(pipeline, ckpt["calibration"])
+    with Staging(artifact) as stage:
+        fp32 = stage.path("fp32.onnx")
+        onnx.save(to_onnx(graph, opset), str(fp32))
+        tmp = stage.path(filename)
+        quantize_int8(fp32, tmp, calib_images, int8_format)
+        meta = build_metadata(ckpt, checkpoint_sha256=sha, precision="int8", opset=opset,
+                              extra={"quantization": {"format": int8_format, "calibration_images": len(calib_images),
+                                                      "method": "minmax, per-channel weights"}})
+        proto = attach_metadata(onnx.load(str(tmp)), meta)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        report = None
+        if validate:
+            ref = torch_reference(graph, images)
+            report = compare(filename, "int8", ref, run_onnx(tmp, images), graph.threshold, labels)
+            if not report.passed:
+                raise ValidationError(report)
+        path = stage.commit(filename)
+    return ExportResult(path, report, time.perf_counter() - t0,
+                        {"opset": opset, "int8_format": int8_format, "calibration_images": len(calib_images)})

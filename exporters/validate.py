@@ -1,0 +1,147 @@
+"""Compare an exported model's outputs with the PyTorch reference: every failure collected
+into one report, with the tolerance that would have passed (as optimum and Polygraphy do)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Per-precision limits. ``near_threshold``: accept decisions whose reference confidence
+    lies this close to the threshold may differ (a rounding difference flips them)."""
+
+    logits_atol: float
+    confidence_atol: float
+    min_label_agreement: float
+    min_accept_agreement: float
+    near_threshold: float
+    max_accuracy_drop: float
+
+
+TOLERANCES: dict[str, Tolerance] = {
+    "fp32": Tolerance(1e-4, 1e-5, 1.0, 1.0, 1e-5, 0.0),
+    "fp16": Tolerance(5e-2, 5e-3, 0.999, 0.995, 5e-3, 0.001),
+    "int8": Tolerance(2.0, 0.5, 0.995, 0.995, 0.0, 0.002),
+}
+
+
+class ValidationError(ValueError):
+    """An exported model disagrees with PyTorch beyond its tolerance."""
+
+    def __init__(self, report: Report) -> None:
+        self.report = report
+        super().__init__(report.describe())
+
+
+@dataclass
+class Report:
+    """What a comparison found, pass or fail."""
+
+    name: str
+    precision: str
+    n: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    median_abs_logit_diff: float
+    max_rel_logit_diff: float
+    max_abs_confidence_diff: float
+    label_agreement: float
+    accept_agreement: float
+    accept_disagreements: int
+    accept_disagreements_near_threshold: int
+    accuracy_reference: float | None
+    accuracy: float | None
+    coverage_reference: float
+    coverage: float
+    selective_risk_reference: float | None
+    selective_risk: float | None
+    failures: list[str] = field(default_factory=list)
+    would_pass: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "passed": self.passed}
+
+    def describe(self) -> str:
+        head = f"{self.name} ({self.precision}, {self.n} images): {'PASS' if self.passed else 'FAIL'}"
+        lines = [head,
+                 f"  logits |diff|: max {self.max_abs_logit_diff:.3g}, mean {self.mean_abs_logit_diff:.3g}, "
+                 f"median {self.median_abs_logit_diff:.3g}, max rel {self.max_rel_logit_diff:.3g}",
+                 f"  confidence |diff| max {self.max_abs_confidence_diff:.3g}; labels agree "
+                 f"{100 * self.label_agreement:.3f}%; accept decisions agree {100 * self.accept_agreement:.3f}% "
+                 f"({self.accept_disagreements} differ, {self.accept_disagreements_near_threshold} of them within "
+                 "the near-threshold margin)"]
+        if self.accuracy is not None:
+            lines.append(f"  accuracy {100 * self.accuracy:.2f}% (PyTorch {100 * self.accuracy_reference:.2f}%); "
+                         f"coverage {100 * self.coverage:.2f}% (PyTorch {100 * self.coverage_reference:.2f}%); "
+                         f"selective risk {100 * (self.selective_risk or 0):.3f}% "
+                         f"(PyTorch {100 * (self.selective_risk_reference or 0):.3f}%)")
+        for f in self.failures:
+            lines.append(f"  FAILED: {f}")
+        if self.failures:
+            lines.append("  would have passed with: " + ", ".join(f"{k} {v:.3g}" for k, v in self.would_pass.items()))
+        return "\n".join(lines)
+
+
+def _gate(conf: np.ndarray, acc: np.ndarray, labels: np.ndarray | None, pred: np.ndarray) -> tuple[float, float | None]:
+    cov = float(acc.mean())
+    if labels is None or not acc.any():
+        return cov, None
+    return cov, float((pred[acc] != labels[acc]).mean())
+
+
+def compare(name: str, precision: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: float,
+            labels: np.ndarray | None = None, tol: Tolerance | None = None) -> Report:
+    """Shapes, then values, then labels and accept decisions, against ``tol`` (per precision)."""
+    tol = tol or TOLERANCES[precision]
+    failures: list[str] = []
+    for k in ("logits", "confidence", "label", "accepted"):
+        if np.shape(ref[k]) != np.shape(got[k]):
+            failures.append(f"output {k!r} has shape {np.shape(got[k])}, PyTorch's is {np.shape(ref[k])}")
+    if failures:
+        raise ValidationError(Report(name, precision, len(ref["label"]), *([math.nan] * 5), 0.0, 0.0, 0, 0, None,
+                                     None, 0.0, 0.0, None, None, failures, {}))
+    rl, gl = ref["logits"].astype(np.float64), got["logits"].astype(np.float64)
+    d = np.abs(rl - gl)
+    rel = d / np.maximum(np.abs(rl), 1e-6)
+    dc = np.abs(ref["confidence"].astype(np.float64) - got["confidence"].astype(np.float64))
+    labels_agree = float((ref["label"] == got["label"]).mean())
+    acc_diff = ref["accepted"] != got["accepted"]
+    near = np.abs(ref["confidence"].astype(np.float64) - threshold) <= tol.near_threshold
+    hard = acc_diff & ~near
+    accept_agree = float(1 - acc_diff.mean())
+    acc_ref = float((ref["label"] == labels).mean()) if labels is not None else None
+    acc_got = float((got["label"] == labels).mean()) if labels is not None else None
+    cov_r, risk_r = _gate(ref["confidence"], ref["accepted"], labels, ref["label"])
+    cov_g, risk_g = _gate(got["confidence"], got["accepted"], labels, got["label"])
+    max_d = float(d.max()) if d.size else 0.0
+    max_c = float(dc.max()) if dc.size else 0.0
+    if not np.isfinite(gl).all():
+        failures.append("logits hold NaN or infinite values")
+    if max_d > tol.logits_atol:
+        failures.append(f"max |logit difference| {max_d:.3g} > {tol.logits_atol:g}")
+    if max_c > tol.confidence_atol:
+        failures.append(f"max |confidence difference| {max_c:.3g} > {tol.confidence_atol:g}")
+    if labels_agree < tol.min_label_agreement:
+        failures.append(f"labels agree on {100 * labels_agree:.3f}% < {100 * tol.min_label_agreement:.3f}%")
+    if tol.min_accept_agreement >= 1.0:
+        if hard.any():
+            failures.append(f"{int(hard.sum())} accept decisions differ away from the threshold "
+                            f"(confidence more than {tol.near_threshold:g} from it)")
+    elif accept_agree < tol.min_accept_agreement:
+        failures.append(f"accept decisions agree on {100 * accept_agree:.3f}% < {100 * tol.min_accept_agreement:.3f}%")
+    if acc_ref is not None and acc_got is not None and acc_ref - acc_got > tol.max_accuracy_drop + 1e-12:
+        failures.append(f"accuracy drops by {100 * (acc_ref - acc_got):.3f} points > {100 * tol.max_accuracy_drop:g}")
+    would = {"logits_atol": max_d, "confidence_atol": max_c, "min_label_agreement": labels_agree,
+             "min_accept_agreement": accept_agree}
+    return Report(name, precision, int(len(ref["label"])), max_d, float(d.mean()), float(np.median(d)),
+                  float(rel.max()) if rel.size else 0.0, max_c, labels_agree, accept_agree, int(acc_diff.sum()),
+                  int((acc_diff & near).sum()), acc_ref, acc_got, cov_r, cov_g, risk_r, risk_g, failures, would)

@@ -1,0 +1,59 @@
+"""The one small base class every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend's library, driver or device is missing here."""
+
+
+class Backend(ABC):
+    """Loads one model file and runs uint8 ``(N, 1, 28, 28)`` batches through it.
+
+    Subclasses set ``name`` and implement ``available``, ``_load`` and ``run``. Input
+    validation happens once, in :class:`runtime.Classifier`, before any backend runs.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, path: str | Path, **options: Any) -> None:
+        self.path = Path(path)
+        self.metadata: dict[str, Any] = {}
+        self._load(**options)
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(usable here, why not / what it will run on)."""
+
+    @abstractmethod
+    def _load(self, **options: Any) -> None:
+        """Open the file, read and check its metadata into ``self.metadata``."""
+
+    @abstractmethod
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a validated uint8 ``(N, 1, 28, 28)`` batch; returns the four outputs by name."""
+
+    @property
+    def providers(self) -> list[str]:
+        """What the backend actually runs on (execution providers, device)."""
+        return [self.name]
+
+    @property
+    def input_spec(self) -> dict[str, Any]:
+        return dict(self.metadata.get("input", {}))
+
+    def close(self) -> None:
+        """Release resources (the backend is unusable afterwards)."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
