@@ -327,6 +327,139 @@ def info(path: Path, as_json: bool) -> None:
     _emit(as_json, obj, text)
 
 
+# --------------------------------------------------------------------------- verify, bench, predict
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--backend", default="auto", help="Runtime backend for every file (auto picks per file).")
+@click.option("--test-csv", type=click.Path(path_type=Path), help="Test set as a seed CSV instead of the embedded MNIST.")
+@click.option("--idx-dir", type=click.Path(path_type=Path), help="Folder of IDX files holding the test set.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@handle_errors
+def verify(artifact: Path, files: tuple[Path, ...], backend: str, test_csv: Path | None, idx_dir: Path | None,
+           as_json: bool) -> None:
+    """Check every exported file in ARTIFACT (or FILES) against the PyTorch checkpoint.
+
+    Hashes are checked against manifest.json first; then each file runs through runtime on the
+    full test set and its seed-protocol version. Exit 1 if anything disagrees.
+    """
+    from .data import load_dataset
+    from .verify import format_verify, to_json
+    from .verify import verify as run_verify
+    test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+    res = run_verify(artifact, test, [Path(f) for f in files] or None, backend=backend)
+    _emit(as_json, to_json(res), format_verify(res))
+    if not res["passed"]:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.argument("files", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--threads", type=int, default=1, help="Threads for ONNX Runtime and PyTorch alike.")
+@click.option("--iters", type=int, default=3000, help="Batch-1 calls timed per runner.")
+@click.option("--seconds", type=float, default=1.0, help="Time per throughput measurement.")
+@click.option("--soak", type=int, default=0, help="Also run this many batch-1 predictions and report memory growth.")
+@click.option("--check/--no-check", default=True, help="Exit 1 when a target is missed.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@handle_errors
+def bench(artifact: Path, files: tuple[Path, ...], threads: int, iters: int, seconds: float, soak: int, check: bool,
+          as_json: bool) -> None:
+    """Time runtime.Classifier beside PyTorch eager and a bare InferenceSession, same run."""
+    import torch
+
+    from exporters.graph import GatedModel
+    from exporters.onnx_export import load_calibrated
+    from runtime.formats import FORMATS
+
+    from . import bench as b
+    from .data import embedded_mnist
+    if threads < 1:
+        raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
+    torch.set_num_threads(threads)
+    paths = [Path(f) for f in files] or [artifact / f.filename for f in FORMATS if (artifact / f.filename).is_file()]
+    if not paths:
+        raise FileNotFoundError(f"{artifact}: no exported model files: run 'lenet-tool export {artifact} --target onnx'")
+    ckpt, _, pipeline = load_calibrated(artifact)
+    model = GatedModel(pipeline, ckpt["calibration"]).eval()
+    images = embedded_mnist("test").images[:2048, None].copy()
+    results = []
+    for p in paths:
+        if not as_json:
+            click.echo(f"benchmarking {p} ...", err=True)
+        results.append(b.bench_file(p, images, threads=threads, iters=iters, seconds=seconds, torch_model=model))
+    imp = b.import_seconds()
+    soak_res = b.soak(paths[0], images, soak, threads) if soak else None
+    fails = b.check_targets(results, imp, soak_res)
+    _emit(as_json, {"results": results, "import_runtime_seconds": imp, "soak": soak_res, "missed": fails},
+          b.format_bench(results, imp, soak_res, fails))
+    if fails and check:
+        sys.exit(1)
+
+
+def _read_inputs(images: tuple[str, ...]) -> list[tuple[str, Any]]:
+    """(name, 28x28 uint8 or a crop to preprocess) for each IMAGE argument; '-' reads CSV rows."""
+    import numpy as np
+    out: list[tuple[str, Any]] = []
+    for item in images:
+        if item == "-":
+            for n, line in enumerate(sys.stdin, 1):
+                fields = line.strip().split(",")
+                if not line.strip():
+                    continue
+                if len(fields) not in (784, 785):
+                    raise ValueError(f"stdin, line {n}: {len(fields)} columns: expected 784 pixels or label,784 pixels")
+                try:
+                    px = np.array([int(v) for v in fields[-784:]])
+                except ValueError:
+                    raise ValueError(f"stdin, line {n}: a pixel is not an integer: expected 0-255") from None
+                if px.min() < 0 or px.max() > 255:
+                    raise ValueError(f"stdin, line {n}: pixel out of range: expected 0-255")
+                out.append((f"stdin:{n}", ("frame", px.astype(np.uint8).reshape(28, 28))))
+            continue
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such image file")
+        from PIL import Image, UnidentifiedImageError
+        try:
+            with Image.open(path) as im:
+                crop = np.asarray(im.convert("L"))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{path}: cannot decode as an image ({e}): expected a PNG or JPEG file") from None
+        out.append((str(path), ("crop", crop)))
+    return out
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--backend", default="auto", help="Runtime backend.")
+@click.option("--threshold", type=float, default=None, help="Override the calibrated gate threshold (warns).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@handle_errors
+def predict(artifact: Path, images: tuple[str, ...], backend: str, threshold: float | None, as_json: bool) -> None:
+    """Classify IMAGE files (PNG/JPEG, any size, either polarity) or CSV rows on stdin ('-').
+
+    ARTIFACT is a model file or an artifact folder (its model.onnx is used).
+    """
+    from runtime import Classifier, preprocess
+    path = artifact / "model.onnx" if artifact.is_dir() else artifact
+    clf = Classifier(path, backend=backend, threshold=threshold)
+    rows = []
+    for name, (kind, arr) in _read_inputs(images):
+        frame = preprocess(arr) if kind == "crop" else arr
+        r = clf.classify(frame)
+        rows.append({"input": name, "label": r.label, "class": r.class_name, "confidence": r.confidence,
+                     "accepted": r.accepted})
+    text = "\n".join(f"{r['input']}: {r['class']} (confidence {r['confidence']:.4f}) "
+                     f"{'accepted' if r['accepted'] else 'REFUSED'}" for r in rows)
+    note = f"model {path.name} on {clf.backend}, threshold {clf.threshold:.6f}" + \
+        (" (overridden)" if clf.threshold_overridden else "")
+    _emit(as_json, {"model": str(path), "backend": clf.backend, "threshold": clf.threshold,
+                    "threshold_overridden": clf.threshold_overridden, "results": rows}, text + "\n" + note)
+
+
 # --------------------------------------------------------------------------- data
 
 @main.group()

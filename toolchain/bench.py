@@ -1,0 +1,170 @@
+"""``lenet-tool bench``: Classifier latency and throughput beside PyTorch eager and a bare
+``onnxruntime.InferenceSession.run`` on the same file, in the same run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+BATCHES = (1, 32, 256, 1024)
+TARGETS = {"p50_vs_bare_max": 1.25, "speedup_vs_torch_min": 5.0, "throughput_1024_vs_bare_min": 0.9,
+           "import_seconds_max": 0.3, "soak_growth_mb_max": 5.0}
+
+
+def _latencies(fn: Any, x: np.ndarray, iters: int) -> np.ndarray:
+    for _ in range(min(200, iters)):
+        fn(x)
+    out = np.empty(iters)
+    clock = time.perf_counter
+    for i in range(iters):
+        t = clock()
+        fn(x)
+        out[i] = clock() - t
+    return out
+
+
+def _throughput(fn: Any, x: np.ndarray, seconds: float) -> float:
+    fn(x)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        fn(x)
+        n += x.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def import_seconds() -> float:
+    """Wall time of ``import runtime`` in a fresh interpreter (best of 3)."""
+    code = "import time; t = time.perf_counter(); import runtime; print(time.perf_counter() - t)"
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    runs = [float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                 check=True).stdout) for _ in range(3)]
+    return min(runs)
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        return 0.0
+
+
+def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seconds: float,
+               torch_model: torch.nn.Module | None) -> dict[str, Any]:
+    """Classifier vs bare session vs PyTorch eager for one model file."""
+    import onnxruntime as ort
+
+    from runtime import Classifier
+    clf = Classifier(path, providers=["CPUExecutionProvider"], threads=threads) if path.suffix == ".onnx" \
+        else Classifier(path)
+    res: dict[str, Any] = {"file": str(path), "backend": clf.backend, "providers": clf.providers, "threads": threads}
+    one = images[:1]
+    lat = {"classifier": _latencies(clf.predict, one, iters)}
+    bare_run = None
+    if path.suffix == ".onnx":
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+        def bare_run(x: np.ndarray) -> Any:
+            return sess.run(None, {"image": x})
+        lat["bare_session"] = _latencies(bare_run, one, iters)
+    if torch_model is not None:
+        def torch_run(x: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return torch_model(torch.from_numpy(x))
+        lat["torch_eager"] = _latencies(torch_run, one, max(200, iters // 4))
+    res["latency_us"] = {k: {"p50": float(np.percentile(v, 50) * 1e6), "p99": float(np.percentile(v, 99) * 1e6)}
+                         for k, v in lat.items()}
+    thr: dict[str, dict[str, float]] = {}
+    for b in BATCHES:
+        x = np.ascontiguousarray(np.resize(images, (b, 1, 28, 28)))
+        thr[str(b)] = {"classifier": _throughput(clf.predict, x, seconds)}
+        if bare_run is not None:
+            thr[str(b)]["bare_session"] = _throughput(bare_run, x, seconds)
+        if torch_model is not None:
+            thr[str(b)]["torch_eager"] = _throughput(torch_run, x, seconds)
+    res["throughput_img_s"] = thr
+    lu = res["latency_us"]
+    ratios: dict[str, float] = {}
+    if "bare_session" in lu:
+        ratios["p50_vs_bare"] = lu["classifier"]["p50"] / lu["bare_session"]["p50"]
+        ratios["throughput_1024_vs_bare"] = thr["1024"]["classifier"] / thr["1024"]["bare_session"]
+    if "torch_eager" in lu:
+        ratios["speedup_vs_torch"] = lu["torch_eager"]["p50"] / lu["classifier"]["p50"]
+    res["ratios"] = ratios
+    clf.close()
+    return res
+
+
+def soak(path: Path, images: np.ndarray, n: int, threads: int) -> dict[str, float]:
+    """``n`` batch-1 predictions; resident memory before (after warm-up) and after."""
+    from runtime import Classifier
+    clf = Classifier(path, providers=["CPUExecutionProvider"], threads=threads)
+    xs = [np.ascontiguousarray(images[i:i + 1]) for i in range(min(len(images), 1000))]
+    for x in xs:
+        clf.predict(x)
+    before = rss_mb()
+    t0 = time.perf_counter()
+    for i in range(n):
+        clf.predict(xs[i % len(xs)])
+    secs = time.perf_counter() - t0
+    after = rss_mb()
+    clf.close()
+    return {"predictions": n, "seconds": secs, "rss_before_mb": before, "rss_after_mb": after,
+            "growth_mb": after - before}
+
+
+def check_targets(results: list[dict[str, Any]], import_s: float | None, soak_res: dict[str, float] | None) -> list[str]:
+    """The issue's targets, as failures (empty when all are met)."""
+    fails = []
+    for r in results:
+        q = r["ratios"]
+        name = Path(r["file"]).name
+        if "p50_vs_bare" in q and q["p50_vs_bare"] > TARGETS["p50_vs_bare_max"]:
+            fails.append(f"{name}: batch-1 p50 is {q['p50_vs_bare']:.2f}x the bare session (target <= 1.25x)")
+        if "throughput_1024_vs_bare" in q and q["throughput_1024_vs_bare"] < TARGETS["throughput_1024_vs_bare_min"]:
+            fails.append(f"{name}: batch-1024 throughput {q['throughput_1024_vs_bare']:.2f}x the bare session "
+                         "(target >= 0.9x)")
+        if name == "model.onnx" and "speedup_vs_torch" in q and q["speedup_vs_torch"] < TARGETS["speedup_vs_torch_min"]:
+            fails.append(f"{name}: only {q['speedup_vs_torch']:.1f}x faster than PyTorch eager at batch 1 (target >= 5x)")
+    if import_s is not None and import_s > TARGETS["import_seconds_max"]:
+        fails.append(f"import runtime took {import_s:.3f} s (target <= 0.3 s)")
+    if soak_res is not None and soak_res["growth_mb"] >= TARGETS["soak_growth_mb_max"]:
+        fails.append(f"memory grew {soak_res['growth_mb']:.1f} MB over {soak_res['predictions']} predictions "
+                     "(target < 5 MB)")
+    return fails
+
+
+def format_bench(results: list[dict[str, Any]], import_s: float | None, soak_res: dict[str, float] | None,
+                 fails: list[str]) -> str:
+    lines = []
+    for r in results:
+        lines.append(f"{Path(r['file']).name} on {r['backend']} ({', '.join(r['providers'])}), {r['threads']} thread(s)")
+        lines.append(f"  {'batch-1 latency (us)':<24} {'p50':>9} {'p99':>9}")
+        for k, v in r["latency_us"].items():
+            lines.append(f"  {k:<24} {v['p50']:>9.1f} {v['p99']:>9.1f}")
+        cols = list(next(iter(r["throughput_img_s"].values())))
+        lines.append(f"  {'throughput (img/s)':<24} " + " ".join(f"{c:>14}" for c in cols))
+        for b, v in r["throughput_img_s"].items():
+            lines.append(f"  {'batch ' + b:<24} " + " ".join(f"{v[c]:>14,.0f}" for c in cols))
+        lines.append("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
+    if import_s is not None:
+        lines.append(f"import runtime: {import_s:.3f} s")
+    if soak_res is not None:
+        lines.append(f"soak: {soak_res['predictions']:,} predictions in {soak_res['seconds']:.1f} s, resident memory "
+                     f"{soak_res['rss_before_mb']:.1f} -> {soak_res['rss_after_mb']:.1f} MB "
+                     f"({soak_res['growth_mb']:+.2f} MB)")
+    lines.extend(f"TARGET MISSED: {f}" for f in fails)
+    lines.append("bench: " + ("all targets met" if not fails else f"{len(fails)} target(s) missed"))
+    return "\n".join(lines)

@@ -1,0 +1,126 @@
+"""``lenet-tool verify``: every exported file against the PyTorch checkpoint, through ``runtime``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.fileio import load_json_file, sha256_file
+from runtime.formats import FORMATS, format_for_path
+
+from .augment import seed_protocol
+from .data import Dataset
+from .evaluate import SEED_PROTOCOL_SEED
+
+
+def check_manifest(artifact: Path, files: list[Path]) -> list[str]:
+    """Hash every listed file against ``manifest.json``; returns the problems found."""
+    path = artifact / "manifest.json"
+    if not path.is_file():
+        return [f"{path}: no manifest: expected the one 'lenet-tool train/export' writes"]
+    entries = load_json_file(path).get("files", {})
+    problems = []
+    for f in files:
+        rel = f.relative_to(artifact).as_posix() if f.is_relative_to(artifact) else f.name
+        entry = entries.get(rel)
+        if entry is None:
+            problems.append(f"{f}: not in {path.name}: it was not written by lenet-tool into this folder")
+        elif sha256_file(f) != entry.get("sha256"):
+            problems.append(f"{f}: SHA-256 differs from {path.name}: the file was changed after it was written")
+    return problems
+
+
+def seed_protocol_images(images: np.ndarray) -> np.ndarray:
+    """The seed protocol's images as uint8 (nearest rotation and inversion keep pixels exact)."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).reshape(-1, 1, 28, 28)
+    return (seed_protocol(x, SEED_PROTOCOL_SEED) * 255.0).round().to(torch.uint8).numpy()
+
+
+def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backend: str = "auto",
+           tolerances: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the checkpoint and each exported file on the test set and the seed-protocol set.
+
+    Returns ``{"passed": bool, "manifest": [...problems], "files": [...]}``; each file has
+    one comparison report per image set (see :func:`exporters.validate.compare`).
+    """
+    from exporters.graph import GatedModel
+    from exporters.onnx_export import load_calibrated, torch_reference
+    from exporters.validate import TOLERANCES, ValidationError, compare
+    from runtime import BackendUnavailable, Classifier
+
+    t0 = time.perf_counter()
+    if files is None:
+        files = [artifact / f.filename for f in FORMATS if (artifact / f.filename).is_file()]
+    if not files:
+        raise FileNotFoundError(f"{artifact}: no exported model files: run 'lenet-tool export {artifact} --target onnx'")
+    ckpt_path = artifact / "checkpoint.pt"
+    problems = check_manifest(artifact, [ckpt_path, *files])
+    ckpt, _, pipeline = load_calibrated(artifact)
+    graph = GatedModel(pipeline, ckpt["calibration"])
+    sets = {"test": (test.images[:, None], test.labels), "seed_protocol": (seed_protocol_images(test.images),
+                                                                           test.labels)}
+    refs = {name: torch_reference(graph, imgs) for name, (imgs, _) in sets.items()}
+    results = []
+    for f in files:
+        fmt = format_for_path(f)
+        entry: dict[str, Any] = {"file": str(f), "precision": fmt.precision, "reports": {}}
+        try:
+            clf = Classifier(f, backend=backend)
+        except BackendUnavailable as e:
+            entry["skipped"] = str(e)
+            results.append(entry)
+            continue
+        except Exception as e:  # a file that does not even load is a failure to report, not a crash
+            entry["error"] = f"cannot load: {e}"
+            results.append(entry)
+            continue
+        precision = clf.metadata.get("precision", fmt.precision)
+        tol = (tolerances or {}).get(precision) or TOLERANCES.get(precision, TOLERANCES["fp32"])
+        entry.update(backend=clf.backend, providers=clf.providers, precision=precision)
+        for name, (imgs, labels) in sets.items():
+            preds = [clf.predict(imgs[i:i + 4096]) for i in range(0, len(imgs), 4096)]
+            got = {"logits": np.concatenate([p.logits for p in preds]),
+                   "confidence": np.concatenate([p.confidences for p in preds]),
+                   "label": np.concatenate([p.labels for p in preds]),
+                   "accepted": np.concatenate([p.accepted for p in preds])}
+            try:
+                rep = compare(f"{f.name} [{name}]", precision, refs[name], got, graph.threshold, labels, tol)
+            except ValidationError as e:
+                rep = e.report
+            entry["reports"][name] = rep
+        clf.close()
+        results.append(entry)
+    failed = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
+                                   for r in results)
+    return {"passed": not failed, "manifest": problems, "files": results, "seconds": time.perf_counter() - t0,
+            "n_test": len(test)}
+
+
+def format_verify(res: dict[str, Any]) -> str:
+    """Human-readable verify report."""
+    lines = []
+    for p in res["manifest"]:
+        lines.append(f"MANIFEST: {p}")
+    for r in res["files"]:
+        if "skipped" in r:
+            lines.append(f"{r['file']}: skipped ({r['skipped']})")
+            continue
+        if "error" in r:
+            lines.append(f"{r['file']}: FAIL: {r['error']}")
+            continue
+        lines.append(f"{r['file']} on {r['backend']} ({', '.join(r['providers'])}):")
+        for rep in r["reports"].values():
+            lines.append("  " + rep.describe().replace("\n", "\n  "))
+    lines.append(f"verify: {'PASS' if res['passed'] else 'FAIL'} ({res['seconds']:.1f} s, {res['n_test']} test images "
+                 "and their seed-protocol versions)")
+    return "\n".join(lines)
+
+
+def to_json(res: dict[str, Any]) -> dict[str, Any]:
+    out = dict(res)
+    out["files"] = [{**r, "reports": {k: v.to_dict() for k, v in r.get("reports", {}).items()}} for r in res["files"]]
+    return out
