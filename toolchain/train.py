@@ -92,7 +92,8 @@ def validate_config(cfg: TrainConfig) -> None:
         (0.0 < cfg.holdout_fraction < 1.0, f"holdout fraction {cfg.holdout_fraction}: expected a value in (0, 1)"),
         (0.0 <= cfg.invert_p <= 1.0, f"invert probability {cfg.invert_p}: expected a value in [0, 1]"),
         (0.0 <= cfg.rotation <= 180.0, f"rotation {cfg.rotation}: expected degrees in [0, 180]"),
-        (cfg.rotation_mode in ("nearest", "bilinear"), f"rotation mode {cfg.rotation_mode!r}: expected 'nearest' or 'bilinear'"),
+        (cfg.rotation_mode in ("nearest", "bilinear"),
+         f"rotation mode {cfg.rotation_mode!r}: expected 'nearest' or 'bilinear'"),
         (0.0 <= cfg.outlier_fraction <= 1.0, f"outlier fraction {cfg.outlier_fraction}: expected a value in [0, 1]"),
         (cfg.optimizer in ("adamw", "sgd"), f"optimizer {cfg.optimizer!r}: expected 'adamw' or 'sgd'"),
         (cfg.schedule in ("onecycle", "constant"), f"schedule {cfg.schedule!r}: expected 'onecycle' or 'constant'"),
@@ -250,13 +251,15 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         on_epoch: Callable[[dict[str, float]], None] | None = None,
         on_batch: Callable[[int], None] | None = None,
         on_start: Callable[[int, int], None] | None = None,
-        eval_hook: Callable[[torch.nn.Module, int], dict[str, float]] | None = None) -> TrainResult:
+        eval_hook: Callable[[torch.nn.Module, int], dict[str, float]] | None = None,
+        should_stop: Callable[[dict[str, float]], bool] | None = None) -> TrainResult:
     """Train per ``cfg``, keeping the best model (validation loss) in ``out_dir/checkpoint.pt``.
 
     Every epoch also writes ``out_dir/last.pt`` (model, optimiser, schedule, RNG states),
     atomically, so a run killed at any moment resumes from its last finished epoch with
     ``resume=True``. ``eval_hook(model, epoch)`` may add figures to each epoch's record
     (the benchmarks use it to follow test accuracy); it must not steer training.
+    ``should_stop(record)`` ends the run after an epoch (the benchmarks' time budgets).
     """
     validate_config(cfg)
     device = resolve_device(cfg.device)
@@ -341,6 +344,8 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         })
         if on_epoch is not None:
             on_epoch(rec)
+        if should_stop is not None and should_stop(rec):
+            break
 
     if best_state is None:
         raise ArtifactError(f"{out_dir}: no epoch finished, so there is no model to keep")

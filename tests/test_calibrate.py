@@ -1,0 +1,119 @@
+"""lenet-tool calibrate: re-fitting the gate of a trained artifact, and its bad inputs."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from runtime.fileio import sha256_file
+from toolchain.checkpoint import load_checkpoint, save_checkpoint
+from toolchain.cli import main
+from toolchain.data import write_csv
+
+
+@pytest.fixture(scope="module")
+def setup(artifact, small_split, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cal")
+    tr, te = small_split
+    write_csv(tr, d / "train.csv")
+    write_csv(te, d / "test.csv")
+    return d
+
+
+def _run(art, setup, *args):
+    return CliRunner().invoke(main, ["calibrate", str(art), "--train-csv", str(setup / "train.csv"),
+                                     "--test-csv", str(setup / "test.csv"), *args])
+
+
+def test_recalibrate_with_the_seed_rule_updates_everything(artifact, setup, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    r = _run(art, setup, "--method", "seed", "--json")
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.output)
+    calib = json.loads((art / "calibration.json").read_text())
+    assert calib["method"] == "seed" and calib["score"] == "seed-minmax" and len(calib["logit_min"]) == 10
+    assert calib["fit"]["split"] == "holdout" and calib["fit"]["n"] == 1200
+    assert load_checkpoint(art / "checkpoint.pt")["calibration"]["threshold"] == calib["threshold"]
+    metrics = json.loads((art / "metrics.json").read_text())
+    assert metrics["gate"]["method"] == "seed" and metrics["gate"]["threshold"] == calib["threshold"]
+    assert "accuracy" in metrics["test"]  # training metrics are kept
+    manifest = json.loads((art / "manifest.json").read_text())
+    assert manifest["files"]["calibration.json"]["sha256"] == sha256_file(art / "calibration.json")
+    methods = [(row["method"], row["score"]) for row in g["comparison"]]
+    assert ("seed", "seed-minmax") in methods and ("guaranteed", "msp") in methods
+    kinds = set(g["comparison"][0]["ood_acceptance"])
+    assert {"uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits"} <= kinds
+
+
+def test_text_report_is_a_side_by_side_table(artifact, setup, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1")
+    assert r.exit_code == 0, r.output
+    assert "Gate comparison" in r.output and "ECE (15 bins)" in r.output and " *" in r.output
+
+
+def test_cannot_certify_exits_1(artifact, setup, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    before = (art / "calibration.json").read_bytes()
+    r = _run(art, setup, "--target-risk", "0.00001")
+    assert r.exit_code == 1
+    assert "cannot certify a selective risk of 1e-05" in r.output
+    assert (art / "calibration.json").read_bytes() == before  # nothing written
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--target-risk", "0"], r"Invalid value for '?--target-risk'?: 0.0: expected a value in \(0, 1\)"),
+    (["--delta", "1"], r"Invalid value for '?--delta'?: 1.0: expected a value in \(0, 1\)"),
+])
+def test_bad_options_exit_2(artifact, setup, args, message):
+    r = _run(artifact, setup, *args)
+    assert r.exit_code == 2
+    assert __import__("re").search(message, r.output), r.output
+
+
+def test_checkpoint_without_holdout_split(artifact, setup, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    ckpt = load_checkpoint(art / "checkpoint.pt")
+    ckpt["split"] = {}
+    save_checkpoint(art / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    r = _run(art, setup)
+    assert r.exit_code == 2
+    assert "the checkpoint records no held-out split: expected one written by 'lenet-tool train'" in r.output
+
+
+def test_other_training_data_is_refused(artifact, setup, tmp_path):
+    r = CliRunner().invoke(main, ["calibrate", str(artifact), "--test-csv", str(setup / "test.csv")])
+    assert r.exit_code == 2 and "the checkpoint was trained on 'mnist[:6000]'" in r.output
+
+
+def test_ood_data_of_wrong_size(artifact, setup, tmp_path):
+    raw = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", 2, 32, 32) + bytes(2 * 32 * 32)
+    (tmp_path / "ood-idx3-ubyte.gz").write_bytes(gzip.compress(raw))
+    r = _run(artifact, setup, "--ood-data", str(tmp_path / "ood-idx3-ubyte.gz"))
+    assert r.exit_code == 2 and "images of shape [2, 32, 32]: expected [N, 28, 28] (28x28 grayscale)" in r.output
+    (tmp_path / "ood.csv").write_text("0," + ",".join(["0"] * 1024) + "\n")
+    r = _run(artifact, setup, "--ood-data", str(tmp_path / "ood.csv"))
+    assert r.exit_code == 2 and "line 1: 1025 columns: expected 785" in r.output
+
+
+def test_user_ood_data_is_measured(artifact, setup, tmp_path, mnist_test):
+    from toolchain.data import Dataset
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    flipped = Dataset(mnist_test.images[:300, ::-1, :].copy(), mnist_test.labels[:300], "upside-down digits")
+    write_csv(flipped, tmp_path / "flipped.csv")
+    r = _run(art, setup, "--ood-data", str(tmp_path / "flipped.csv"), "--json", "--target-risk", "0.03")
+    assert r.exit_code == 0, r.output
+    acc = json.loads(r.output)["ood_acceptance"]
+    key = next(k for k in acc if k.startswith("user:"))
+    assert 0.0 <= acc[key] <= 1.0 and torch.is_tensor(torch.tensor(acc[key]))
