@@ -124,13 +124,13 @@ def csv_speed(train) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["default", "short", "classic", "seed", "loop", "csv", "large-batch"], action="append")
+    ap.add_argument("--only", choices=["default", "short", "polarity", "classic", "seed", "loop", "csv", "large-batch"], action="append")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="Also write the results here.")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    parts = args.only or ["default", "short", "classic", "seed", "loop", "csv"]
+    parts = args.only or ["default", "short", "polarity", "classic", "seed", "loop", "csv"]
     train, test = embedded_mnist("train"), embedded_mnist("test")
     out: dict = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
     if "default" in parts:
@@ -138,6 +138,10 @@ def main() -> None:
     if "short" in parts:  # the default recipe with a 30 s budget of epochs: time to the notebook's figure
         out["short"] = followed_run("default recipe, 8 epochs", make_config("default", epochs=8, device=args.device),
                                     train, test)
+    if "polarity" in parts:  # the lead: the notebook's inversion augmentation vs polarity handled in the graph
+        out["inversion_aug"] = followed_run("default, inversion p=0.5, no polarity",
+                                            make_config("default", invert_p=0.5, polarity="none", device=args.device),
+                                            train, test)
     if "large-batch" in parts:  # for GPUs: fewer, larger steps (the default recipe is launch-bound there)
         out["large_batch"] = followed_run("default, batch 1024, lr 0.01",
                                           make_config("default", batch_size=1024, lr=0.01, epochs=16,
@@ -159,7 +163,7 @@ def main() -> None:
         out["csv"] = csv_speed(train)
 
     print("\n=== results (" + f"{args.device}, {args.threads} threads, torch {torch.__version__}) ===")
-    for key in ("default", "short", "large_batch", "classic", "seed_recipe"):
+    for key in ("default", "short", "inversion_aug", "large_batch", "classic", "seed_recipe"):
         if key in out:
             r = out[key]
             reach = f"{r['seconds_to_notebook']:.1f} s" if r["seconds_to_notebook"] else "not reached"
