@@ -163,7 +163,8 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
             return
         from tqdm import tqdm
         bar = tqdm(total=cfg.epochs * n_train, initial=start_epoch * n_train, unit="img", unit_scale=True,
-                   desc=f"epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr, dynamic_ncols=True)
+                   desc=f"epoch {start_epoch + 1}/{cfg.epochs}", file=sys.stderr, dynamic_ncols=True,
+                   mininterval=0.2 if sys.stderr.isatty() else 10.0)  # a log file gets a line every 10 s
 
     def on_batch(n: int) -> None:
         if bar is not None:
