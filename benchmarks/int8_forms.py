@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from toolchain.data import embedded_mnist  # noqa: E402
+from toolchain.data import embedded_mnist
 
 
 def session(path: Path, threads: int, profile: bool = False) -> ort.InferenceSession:

@@ -124,7 +124,8 @@ def csv_speed(train) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["default", "short", "polarity", "classic", "seed", "loop", "csv", "large-batch"], action="append")
+    ap.add_argument("--only", action="append",
+                    choices=["default", "short", "polarity", "classic", "seed", "loop", "csv", "large-batch"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="Also write the results here.")

@@ -157,3 +157,21 @@ def test_embedded_dataset_is_verified(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "EMBEDDED_MNIST", tmp_path)
     with pytest.raises(DataError, match="checksum mismatch"):
         embedded_mnist("test")
+
+
+def test_cli_export_csv_reproduces_the_notebook_files(tmp_path):
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+    img = _idx((4, 28, 28), bytes(range(256)) * 12 + bytes(4 * 784 - 3072))
+    lab = struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", 4) + bytes([3, 1, 4, 1])
+    for split in ("train", "t10k"):
+        (tmp_path / f"{split}-images-idx3-ubyte").write_bytes(img)
+        (tmp_path / f"{split}-labels-idx1-ubyte").write_bytes(lab)
+    r = CliRunner().invoke(main, ["data", "export-csv", str(tmp_path / "out"), "--idx-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    back = read_csv(tmp_path / "out" / "mnist_train.csv")
+    assert back.labels.tolist() == [3, 1, 4, 1]
+    assert np.array_equal(back.images, np.frombuffer(img[16:], np.uint8).reshape(4, 28, 28))
+    first = (tmp_path / "out" / "mnist_test.csv").read_text().splitlines()[0].split(",")
+    assert len(first) == 785 and first[:4] == ["3", "0", "1", "2"]
