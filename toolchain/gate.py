@@ -291,10 +291,10 @@ def split_for_scoring(n: int, fraction: float = 0.2, seed: int = 0) -> tuple[np.
 
 
 def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float, delta: float,
-                   score: str = "msp", search: str = "ltt", score_fit_fraction: float = 0.2) -> dict[str, Any]:
+                   score: str = "msp", search: str = "ltt", score_fit_fraction: float = 0.1) -> dict[str, Any]:
     """Temperature scaling by NLL, then a threshold with a certified selective risk.
 
-    The held-out data is split once: ``score_fit_fraction`` of it fits the score (the
+    The held-out data is split once (by default 10%/90%): ``score_fit_fraction`` of it fits the score (the
     temperature, and for energy/max-logit the squashing constants) and, for ``ltt``, the
     grid of candidate thresholds; the rest certifies the threshold. The score is so fixed
     before the certifying data is looked at, as the guarantee requires.
