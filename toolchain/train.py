@@ -11,7 +11,7 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,6 @@ def validate_config(cfg: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    ArchConfig(cfg.arch)  # validates the name
     from .model import ARCHITECTURES
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"architecture {cfg.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
@@ -354,7 +353,3 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
     ckpt = {**base, "state_dict": best_state, "epoch": best_epoch, "val_loss": best_loss, "history": history}
     return TrainResult(best.eval(), ckpt, history, seconds, str(device), env)
 
-
-def continue_config(cfg: TrainConfig, epochs: int) -> TrainConfig:
-    """``cfg`` with a new epoch count (for ``--resume --epochs N``)."""
-    return replace(cfg, epochs=epochs)
