@@ -47,9 +47,10 @@ def test_recalibrate_with_the_seed_rule_updates_everything(artifact, setup, tmp_
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["files"]["calibration.json"]["sha256"] == sha256_file(art / "calibration.json")
     methods = [(row["method"], row["score"]) for row in g["comparison"]]
-    assert ("seed", "seed-minmax") in methods and ("guaranteed", "msp") in methods
+    assert {("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy"),
+            ("guaranteed", "msp-energy")} <= set(methods)
     kinds = set(g["comparison"][0]["ood_acceptance"])
-    assert {"uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits"} <= kinds
+    assert {"uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits", "fashion"} <= kinds
 
 
 def test_text_report_is_a_side_by_side_table(artifact, setup, tmp_path):

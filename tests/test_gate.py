@@ -134,3 +134,30 @@ def test_ece_and_aurc_on_known_values():
     conf = np.array([0.9, 0.8, 0.7, 0.6])
     ok = np.array([True, True, False, True])
     assert gate.aurc(conf, ok) == pytest.approx(np.mean([0, 0, 1 / 3, 1 / 4]))
+
+
+def test_msp_energy_refuses_frames_with_little_evidence():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 10)) * 6
+    labels = logits.argmax(1)
+    c = gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy", energy_floor=10.0)
+    fit_idx, _ = gate.split_for_scoring(len(labels), 0.1)
+    t = c["temperature"]
+    energy = t * np.log(np.exp(logits / t).sum(1))
+    assert c["energy_floor"] == pytest.approx(np.percentile(energy[fit_idx], 10.0))
+    conf = gate.confidence_np(logits, c)
+    low = energy < c["energy_floor"]
+    assert low.any() and (conf[low] == 0).all()
+    assert np.allclose(conf[~low], gate.softmax_np(logits[~low], t).max(1), atol=1e-6)
+    # A confident-looking frame with little evidence: same softmax as a strong one, scaled logits.
+    weak = np.array([[2.0] + [0.0] * 9]) * 0.5
+    assert gate.confidence_np(weak, c)[0] == 0.0
+    with pytest.raises(gate.GateError, match=r"energy floor 100.0: expected a percentile in \[0, 100\)"):
+        gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy",
+                      energy_floor=100.0)
+
+
+def test_fashion_ood_sample_is_verified():
+    from toolchain import ood
+    imgs = ood.generate("fashion", 500)
+    assert imgs.shape == (500, 28, 28) and imgs.dtype == np.uint8 and imgs.mean() > 30

@@ -70,12 +70,14 @@ def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | N
 
 def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The gate's fitting options, shared by train and calibrate."""
-    from .gate import METHODS, SCORES
+    from .gate import DEFAULT_ENERGY_FLOOR, DEFAULT_SCORE, METHODS, SCORES
     fn = click.option("--ood-data", type=click.Path(path_type=Path),
                       help="Extra out-of-distribution images to measure acceptance on (CSV, IDX file or folder).")(fn)
     fn = click.option("--search", type=click.Choice(["ltt", "sgr"]), default="ltt", show_default=True,
                       help="Threshold search: Learn-then-Test fixed sequence, or SGR's binary search.")(fn)
-    fn = click.option("--score", type=click.Choice(SCORES), default="msp", show_default=True,
+    fn = click.option("--energy-floor", type=float, default=DEFAULT_ENERGY_FLOOR, show_default=True,
+                      help="msp-energy: refuse frames whose energy is below this percentile of held-out digits'.")(fn)
+    fn = click.option("--score", type=click.Choice(SCORES), default=DEFAULT_SCORE, show_default=True,
                       help="Gate score of the guaranteed method.")(fn)
     fn = click.option("--delta", type=float, default=0.05, show_default=True,
                       help="The guarantee holds with probability at least 1 - delta.")(fn)
@@ -131,8 +133,8 @@ def main() -> None:
 def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
           outlier_fraction: float | None, polarity: str | None, device: str, seed: int, deterministic: bool,
           threads: int | None, resume: bool, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
-          method: str, target_risk: float, delta: float, score: str, search: str, ood_data: Path | None,
-          quiet: bool, as_json: bool) -> None:
+          method: str, target_risk: float, delta: float, score: str, energy_floor: float, search: str,
+          ood_data: Path | None, quiet: bool, as_json: bool) -> None:
     """Train LeNet, evaluate it, calibrate its gate, and write the artifact folder."""
     import torch
 
@@ -180,7 +182,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
     try:
         metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume,
                              gate_options=dict(method=method, target_risk=target_risk, delta=delta, score=score,
-                                               search=search),
+                                               search=search, energy_floor=energy_floor),
                              ood_images=ood_images, ood_name=str(ood_data) if ood_data else None,
                              on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
     finally:
@@ -210,8 +212,8 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
               help="Held-out data to fit on (IDX folder, 'train'-named files) instead of the checkpoint's split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gate metrics as JSON.")
 @handle_errors
-def calibrate(artifact: Path, method: str, target_risk: float, delta: float, score: str, search: str,
-              ood_data: Path | None, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
+def calibrate(artifact: Path, method: str, target_risk: float, delta: float, score: str, energy_floor: float,
+              search: str, ood_data: Path | None, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
               holdout_csv: Path | None, holdout_idx: Path | None, as_json: bool) -> None:
     """Re-fit the gate of a trained ARTIFACT folder without retraining."""
     from . import jobs
@@ -231,7 +233,7 @@ def calibrate(artifact: Path, method: str, target_risk: float, delta: float, sco
         split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
     ood_images = jobs.load_ood_images(ood_data) if ood_data else None
     g = jobs.calibrate(artifact, holdout=holdout, test=test, method=method, score=score, search=search,
-                       target_risk=target_risk, delta=delta, ood_images=ood_images,
+                       target_risk=target_risk, delta=delta, energy_floor=energy_floor, ood_images=ood_images,
                        ood_name=str(ood_data) if ood_data else None, split_info=split_info)
     _emit(as_json, g, format_gate_table(g))
 

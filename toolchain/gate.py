@@ -18,9 +18,14 @@ import torch
 
 CALIBRATION_SCHEMA = 1
 METHODS = ("guaranteed", "seed")
-SCORES = ("msp", "energy", "maxlogit")
+SCORES = ("msp-energy", "msp", "energy", "maxlogit")
+DEFAULT_SCORE = "msp-energy"
+#: Percentile of the score-fitting split's energies below which ``msp-energy`` refuses outright.
+DEFAULT_ENERGY_FLOOR = 3.0
 SCORE_DEFINITIONS = {
     "msp": "max over classes of softmax(logits / temperature)",
+    "msp-energy": "max over classes of softmax(logits / temperature) where temperature * logsumexp(logits / "
+                  "temperature) >= energy_floor, else 0",
     "energy": "sigmoid((temperature * logsumexp(logits / temperature) - center) / scale)",
     "maxlogit": "sigmoid((max over classes of logits - center) / scale)",
     "seed-minmax": "max over classes of (logit_c - logit_min_c) / (logit_max_c - logit_min_c), clipped to [0, 1]",
@@ -48,6 +53,13 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any]) -> torch.Tensor:
     t = float(calib["temperature"])
     if score == "msp":
         return torch.softmax(logits / t, dim=1).amax(dim=1)
+    if score == "msp-energy":
+        # The softmax ranks the model's own mistakes well but is blind to how much evidence
+        # there is; the energy (a log-sum-exp of the logits) is low for frames unlike any digit.
+        # Frames with less evidence than nearly all held-out digits are refused outright.
+        msp = torch.softmax(logits / t, dim=1).amax(dim=1)
+        energy = t * torch.logsumexp(logits / t, dim=1)
+        return torch.where(energy >= float(calib["energy_floor"]), msp, torch.zeros_like(msp))
     if score == "energy":
         raw = t * torch.logsumexp(logits / t, dim=1)
     elif score == "maxlogit":
@@ -291,7 +303,8 @@ def split_for_scoring(n: int, fraction: float = 0.2, seed: int = 0) -> tuple[np.
 
 
 def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float, delta: float,
-                   score: str = "msp", search: str = "ltt", score_fit_fraction: float = 0.1) -> dict[str, Any]:
+                   score: str = DEFAULT_SCORE, search: str = "ltt", score_fit_fraction: float = 0.1,
+                   energy_floor: float = DEFAULT_ENERGY_FLOOR) -> dict[str, Any]:
     """Temperature scaling by NLL, then a threshold with a certified selective risk.
 
     The held-out data is split once (by default 10%/90%): ``score_fit_fraction`` of it fits the score (the
@@ -312,6 +325,11 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float
     t = fit_temperature(lf, yf)
     calib: dict[str, Any] = {"method": "guaranteed", "score": score, "score_definition": SCORE_DEFINITIONS[score],
                              "temperature": t}
+    if score == "msp-energy":
+        if not 0.0 <= energy_floor < 100.0:
+            raise GateError(f"energy floor {energy_floor}: expected a percentile in [0, 100)")
+        calib["energy_floor"] = float(np.percentile(t * _logsumexp(lf / t), energy_floor))
+        calib["energy_floor_percentile"] = energy_floor
     if score in ("energy", "maxlogit"):
         raw = t * _logsumexp(lf / t) if score == "energy" else lf.max(axis=1)
         # Centre and scale only squash the raw score into [0, 1]; the ranking (so the gate) is unchanged.
@@ -338,8 +356,8 @@ def _logsumexp(z: np.ndarray) -> np.ndarray:
 
 
 def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk: float = 0.002,
-             delta: float = 0.05, score: str = "msp", search: str = "ltt",
-             split: dict[str, Any] | None = None) -> dict[str, Any]:
+             delta: float = 0.05, score: str = DEFAULT_SCORE, search: str = "ltt",
+             energy_floor: float = DEFAULT_ENERGY_FLOOR, split: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit a gate of ``method`` on held-out ``logits``/``labels``; returns calibration.json's content."""
     if method not in METHODS:
         raise GateError(f"method {method!r}: expected one of {', '.join(METHODS)}")
@@ -348,7 +366,8 @@ def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk
     if method == "seed":
         calib = fit_seed_rule(logits, labels)
     else:
-        calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score, search=search)
+        calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score, search=search,
+                               energy_floor=energy_floor)
     s = _np_conf(logits, calib)
     acc = s >= calib["threshold"]
     ok = logits.argmax(1) == labels

@@ -103,7 +103,8 @@ def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- calibrate
 
 def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "guaranteed",
-              score: str = "msp", search: str = "ltt", target_risk: float = 0.002, delta: float = 0.05,
+              score: str = gate.DEFAULT_SCORE, search: str = "ltt", target_risk: float = 0.002, delta: float = 0.05,
+              energy_floor: float = gate.DEFAULT_ENERGY_FLOOR,
               ood_images: np.ndarray | None = None, ood_name: str | None = None,
               split_info: dict[str, Any] | None = None, test_eval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit the gate on ``holdout``; compare every method on ``test`` and OOD frames; write it all.
@@ -126,9 +127,10 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
 
     split = {"split": "holdout", "source": holdout.source, **(split_info or {})}
     chosen = gate.fit_gate(method, lh, holdout.labels, target_risk=target_risk, delta=delta, score=score,
-                           search=search, split=split)
+                           search=search, energy_floor=energy_floor, split=split)
     rows = []
-    candidates = [("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy")]
+    candidates = [("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy"),
+                  ("guaranteed", "msp-energy")]
     if (method, chosen["score"]) not in candidates:
         candidates.append((method, chosen["score"]))
     curves = {}
@@ -136,7 +138,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
         try:
             c = chosen if (m, s) == (method, chosen["score"]) else gate.fit_gate(
                 m, lh, holdout.labels, target_risk=target_risk, delta=delta, score=s if s != "seed-minmax" else "msp",
-                search=search, split=split)
+                search=search, energy_floor=energy_floor, split=split)
         except gate.GateError as e:
             rows.append({"method": m, "score": s, "error": str(e)})
             continue

@@ -1,15 +1,18 @@
 """Out-of-distribution frames a camera meets: noise, blank frames, non-digits.
 
-All generators are seeded and return uint8 ``(N, 28, 28)``. ``letters`` and
-``scrambled-digits`` are kinds the tool never trains or calibrates on: they stand in for
-"something that is not a digit" when measuring how often a gate accepts it.
+All generators are seeded and return uint8 ``(N, 28, 28)``. ``letters`` and ``fashion``
+(a shipped Fashion-MNIST sample) are kinds the tool never trains or calibrates on; with
+outlier exposure, noise, blank frames and scrambled digits are synthesised in training.
+They stand in for "something that is not a digit" when measuring how often a gate accepts it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
-KINDS = ("uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits")
+KINDS = ("uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits", "fashion")
 # Letters that do not look like a digit (no O, I, l, S, Z, B, G, g, q, b, T, L, J, z, s, o).
 LETTERS = "ACDEFHKMNPRUVWXYacdefhkmnprtuvwxy"
 
@@ -54,6 +57,17 @@ def scrambled_digits(images: np.ndarray, n: int, rng: np.random.Generator) -> np
     return tiles.reshape(n, 4, 4, 7, 7).transpose(0, 1, 3, 2, 4).reshape(n, 28, 28).copy()
 
 
+FASHION = Path(__file__).parent / "datasets" / "fashion-ood"
+
+
+def fashion(n: int) -> np.ndarray:
+    """The first ``n`` of the shipped 10,000 Fashion-MNIST images, checksum verified."""
+    from .data import read_checksums, read_idx
+    sums = read_checksums(FASHION / "SHA256SUMS")
+    images = read_idx(FASHION / "fashion-ood-idx3-ubyte.gz", sums["fashion-ood-idx3-ubyte"])
+    return images[:n].copy()
+
+
 def generate(kind: str, n: int, seed: int = 0, digits: np.ndarray | None = None) -> np.ndarray:
     """``n`` frames of ``kind`` (one of :data:`KINDS`)."""
     rng = np.random.default_rng(seed)
@@ -67,6 +81,8 @@ def generate(kind: str, n: int, seed: int = 0, digits: np.ndarray | None = None)
         return blank(n, 255)
     if kind == "letters":
         return letters(n, rng)
+    if kind == "fashion":
+        return fashion(n)
     if kind == "scrambled-digits":
         if digits is None:
             raise ValueError("scrambled-digits needs digit images to cut up")
