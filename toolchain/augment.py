@@ -13,26 +13,33 @@ import torch
 import torch.nn.functional as F
 
 
-def rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Rotate each image of ``x`` ``(N, C, H, W)`` by its own angle (degrees), zero fill."""
+def rotate(x: torch.Tensor, degrees: torch.Tensor, mode: str = "bilinear",
+           shift: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each image of ``x`` ``(N, C, H, W)`` by its own angle (degrees), zero fill;
+    ``shift`` ``(N, 2)`` optionally translates each by (x, y) pixels as well."""
     rad = degrees.to(x.dtype) * (math.pi / 180.0)
     cos, sin = torch.cos(rad), torch.sin(rad)
     zero = torch.zeros_like(cos)
-    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    tx, ty = (zero, zero) if shift is None else (shift[:, 0] * 2 / x.shape[-1], shift[:, 1] * 2 / x.shape[-2])
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def augment(x: torch.Tensor, max_degrees: float, invert_p: float, generator: torch.Generator | None = None,
-            mode: str = "bilinear") -> torch.Tensor:
-    """Random rotation in [-max_degrees, max_degrees], then inversion with probability ``invert_p``.
+            mode: str = "bilinear", translate: float = 0.0) -> torch.Tensor:
+    """Random rotation in [-max_degrees, max_degrees] (and shift up to ``translate`` pixels),
+    then inversion with probability ``invert_p``.
 
     ``x`` holds [0, 1] pixels; the draws come from ``generator`` (on ``x``'s device).
     """
     n = x.shape[0]
-    if max_degrees > 0:
+    if max_degrees > 0 or translate > 0:
         angles = (torch.rand(n, device=x.device, generator=generator) * 2 - 1) * max_degrees
-        x = rotate(x, angles, mode)
+        shift = None
+        if translate > 0:
+            shift = (torch.rand(n, 2, device=x.device, generator=generator) * 2 - 1) * translate
+        x = rotate(x, angles, mode, shift)
     if invert_p > 0:
         flip = torch.rand(n, device=x.device, generator=generator) < invert_p
         x = torch.where(flip.view(n, 1, 1, 1), 1.0 - x, x)

@@ -118,6 +118,8 @@ def main() -> None:
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--outlier-fraction", type=float, default=None,
               help="Synthetic non-digits per real image, trained toward uniform (default: the recipe's).")
+@click.option("--translate", type=float, default=None,
+              help="Random shift augmentation in pixels (default: the recipe's; 0 for 'default').")
 @click.option("--polarity", type=click.Choice(["auto", "none"]), default=None,
               help="'auto' inverts dark-on-light frames in the graph itself (default: the recipe's).")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N; data stays resident there.")
@@ -131,7 +133,8 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON at the end.")
 @handle_errors
 def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
-          outlier_fraction: float | None, polarity: str | None, device: str, seed: int, deterministic: bool,
+          outlier_fraction: float | None, translate: float | None, polarity: str | None, device: str, seed: int,
+          deterministic: bool,
           threads: int | None, resume: bool, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
           method: str, target_risk: float, delta: float, score: str, energy_floor: float, search: str,
           ood_data: Path | None, quiet: bool, as_json: bool) -> None:
@@ -148,7 +151,8 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
             raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
         torch.set_num_threads(threads)
     cfg = make_config(recipe, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                      outlier_fraction=outlier_fraction, polarity=polarity, device=device, seed=seed,
+                      outlier_fraction=outlier_fraction, translate=translate, polarity=polarity, device=device,
+                      seed=seed,
                       deterministic=deterministic)
     train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir)
     ood_images = jobs.load_ood_images(ood_data) if ood_data else None

@@ -44,6 +44,7 @@ class TrainConfig:
     rotation: float = 25.0
     # Nearest-neighbour rotation, as the seed protocol (torchvision's default) applies it at test time.
     rotation_mode: str = "nearest"
+    translate: float = 0.0  # random shift, pixels
     invert_p: float = 0.0
     # Outlier exposure: this many synthetic non-digits per real image, trained toward the
     # uniform distribution, so the gate learns to refuse what is not a digit.
@@ -94,6 +95,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (0.0 <= cfg.rotation <= 180.0, f"rotation {cfg.rotation}: expected degrees in [0, 180]"),
         (cfg.rotation_mode in ("nearest", "bilinear"),
          f"rotation mode {cfg.rotation_mode!r}: expected 'nearest' or 'bilinear'"),
+        (0.0 <= cfg.translate <= 8.0, f"translate {cfg.translate}: expected pixels in [0, 8]"),
         (0.0 <= cfg.outlier_fraction <= 1.0, f"outlier fraction {cfg.outlier_fraction}: expected a value in [0, 1]"),
         (cfg.optimizer in ("adamw", "sgd"), f"optimizer {cfg.optimizer!r}: expected 'adamw' or 'sgd'"),
         (cfg.schedule in ("onecycle", "constant"), f"schedule {cfg.schedule!r}: expected 'onecycle' or 'constant'"),
@@ -188,7 +190,7 @@ def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
     total = torch.zeros((), device=x.device)
     for i in range(0, n, cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
-        xb = augment(x[idx].float() / 255.0, cfg.rotation, cfg.invert_p, gen, cfg.rotation_mode)
+        xb = augment(x[idx].float() / 255.0, cfg.rotation, cfg.invert_p, gen, cfg.rotation_mode, cfg.translate)
         n_out = int(round(cfg.outlier_fraction * idx.numel()))
         if n_out:
             xo = make_outliers(xb[:n_out], gen)
