@@ -96,8 +96,17 @@ def test_csv_large_file_spans_many_chunks(tmp_path, mnist_test):
     text = (tmp_path / "big.csv").read_text().splitlines()
     text[2500] = text[2500].replace(",0,", ",0,,", 1)
     (tmp_path / "big.csv").write_text("\n".join(text) + "\n")
-    with pytest.raises(DataError, match="line 2501"):
+    with pytest.raises(DataError, match="line 2501, pixel 1: empty field"):
         read_csv(tmp_path / "big.csv")
+    text[2500] = text[2500].replace(",0,,", ",0,", 1)
+    text[1999] = text[1999][:-1] + "x"  # a stray byte in a later chunk, at the end of a line
+    header = "label," + ",".join(f"p{i}" for i in range(784))
+    (tmp_path / "big.csv").write_text(header + "\r\n" + "\r\n".join(text))  # header, CRLF, no final newline
+    with pytest.raises(DataError, match=r"line 2001, pixel 783: '\d*x' is not an integer"):
+        read_csv(tmp_path / "big.csv")
+    text[1999] = text[1999][:-1] + "0"
+    (tmp_path / "big.csv").write_text(header + "\r\n" + "\r\n".join(text))
+    assert np.array_equal(read_csv(tmp_path / "big.csv").labels, small.labels)
 
 
 def _idx(shape: tuple[int, ...], data: bytes | None = None, dtype: int = 0x08) -> bytes:

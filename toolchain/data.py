@@ -174,6 +174,7 @@ def embedded_mnist(split: str) -> Dataset:
 
 _ALLOWED_BYTES = b"0123456789,\n"
 _PAD = np.full(3, 10, dtype=np.uint8)  # three '\n' so that look-backs at a chunk start read separators
+_NL = np.full(1, 10, dtype=np.uint8)
 _NEWLINE_FLAG = np.uint16(1 << 12)  # marks a value that ends a line; pixel values stay below 1000
 _CHUNK_BYTES = 1 << 20  # about 580 rows: fits in L2, so the passes below stay in cache
 
@@ -186,29 +187,35 @@ def _expected(field: int, num_classes: int) -> str:
     return f"a label 0-{num_classes - 1}" if field == 0 else "a pixel 0-255"
 
 
-def _locate(body: bytes, pos: int) -> tuple[int, int, str]:
-    """(0-based line, field index, the field's text) of byte ``pos``; only on the error path."""
-    line = body.count(b"\n", 0, pos)
-    line_start = body.rfind(b"\n", 0, pos) + 1
-    field = body.count(b",", line_start, pos)
-    lo = max(body.rfind(b",", line_start, pos) + 1, line_start)
+def _locate(raw: bytes, begin: int, pos: int) -> tuple[int, int, str]:
+    """(0-based line from ``begin``, field index, the field's text) of byte ``pos``; error path only."""
+    line = raw.count(b"\n", begin, pos)
+    line_start = max(raw.rfind(b"\n", begin, pos) + 1, begin)
+    field = raw.count(b",", line_start, pos)
+    lo = max(raw.rfind(b",", line_start, pos) + 1, line_start)
     hi = pos
-    while hi < len(body) and body[hi:hi + 1] not in (b",", b"\n") and hi - lo < 20:
+    while hi < len(raw) and raw[hi:hi + 1] not in (b",", b"\n") and hi - lo < 20:
         hi += 1
-    return line, field, body[lo:hi].decode("latin-1")
+    return line, field, raw[lo:hi].decode("latin-1")
 
 
-def _parse_chunk(b: np.ndarray) -> tuple[np.ndarray, bool]:
+def _parse_chunk(b: np.ndarray) -> tuple[np.ndarray, int, bool]:
     """Decode one run of whole lines to uint16 values (line-ending ones flagged).
 
     ``b`` is the chunk preceded by 3 bytes of look-back (the end of the previous line, or
-    padding), all separators or digits. Returns the values and whether any field is
-    empty or longer than 3 digits. Fields are at most 3 digits (pixels 0-255, labels
-    0-9), so the value ending at a separator ``j`` is ``d[j-1] + 10*d[j-2] + 100*d[j-3]``
-    with each term kept only if its byte is a digit of the same field: a few elementwise
-    passes and one ``np.compress`` (2.5x faster than boolean indexing here), no gather.
+    newline padding); its last byte is a newline. Returns the values, the offset (in the
+    chunk, after the look-back) of the first byte that is not a digit, ',' or newline (-1 if
+    none), and whether any field is empty or longer than 3 digits. Fields are at most 3
+    digits (pixels 0-255, labels 0-9), so the value ending at a separator ``j`` is
+    ``d[j-1] + 10*d[j-2] + 100*d[j-3]`` with each term kept only if its byte is a digit of the
+    same field: a few elementwise passes and one ``np.compress`` (2.5x faster than boolean
+    indexing here), no gather. numpy releases the GIL in all of them, so chunks run in parallel.
     """
-    isd = b >= 48  # the caller has checked that only digits, ',' and '\n' occur
+    body = b[3:]
+    isd = b >= 48
+    stray = (body > 57) | (~isd[3:] & (body != 44) & (body != 10))
+    if stray.any():
+        return np.empty(0, np.uint16), int(np.argmax(stray)), True
     d = np.subtract(b, 48, dtype=np.uint8)
     d *= isd
     d16 = d.astype(np.uint16)
@@ -219,21 +226,21 @@ def _parse_chunk(b: np.ndarray) -> tuple[np.ndarray, bool]:
     hundreds *= isd[1:-2]  # a digit three back belongs to this field only if two back does
     hundreds *= np.uint16(100)
     v += hundreds
-    v += (b[3:] == 10) * _NEWLINE_FLAG
+    v += (body == 10) * _NEWLINE_FLAG
     run = isd[3:] & isd[2:-1]
     run &= isd[1:-2]
     run &= isd[:-3]
     bad = bool(run.any()) or bool((sep & ~isd[2:-1]).any())
-    return np.compress(sep, v), bad
+    return np.compress(sep, v), -1, bad
 
 
-def _line_chunks(body: bytes, start: int, size: int) -> list[tuple[int, int]]:
-    """Split ``body[start:]`` into (lo, hi) spans of whole lines of about ``size`` bytes."""
+def _line_chunks(raw: bytes, start: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Split ``raw[start:stop]`` into (lo, hi) spans of whole lines of about ``size`` bytes."""
     spans = []
-    i, n = start, len(body)
-    while i < n:
-        j = body.find(b"\n", min(i + size, n) - 1)
-        j = n if j < 0 else j + 1
+    i = start
+    while i < stop:
+        j = raw.find(b"\n", min(i + size, stop) - 1, stop)
+        j = stop if j < 0 else j + 1
         spans.append((i, j))
         i = j
     return spans
@@ -277,36 +284,35 @@ def read_csv(path: str | Path, *, num_classes: int = NUM_CLASSES) -> Dataset:
     if end == begin:
         raise DataError(f"{path}: no data rows: expected rows of 'label,p0,...,p783'")
     missing_newline = end == len(raw)
-    # Three newlines in front give the first chunk its look-back; one at the end closes the
-    # last line. One copy, through a memoryview, instead of a strip and a slice.
-    padded = b"".join((b"\n\n\n", memoryview(raw)[begin:end], b"\n"))
-    del raw
+    stop = end if missing_newline else end + 1  # the data, through its last newline
 
-    def fail(pos: int, what: str, field: int | None = None) -> DataError:
-        line, fld, text = _locate(padded[3:], pos - 3)  # positions are in ``padded``
-        fld = fld if field is None else field
-        shown = what.format(text=repr(text))
-        return DataError(
-            f"{path}, line {first_line + line}, {_column_name(fld)}: {shown}: expected {_expected(fld, num_classes)}"
-        )
+    def fail(pos: int, what: str) -> DataError:
+        line, field, text = _locate(raw, begin, pos)
+        return DataError(f"{path}, line {first_line + line}, {_column_name(field)}: "
+                         f"{what.format(text=repr(text))}: expected {_expected(field, num_classes)}")
 
-    stray = padded.translate(None, _ALLOWED_BYTES)
-    if stray:
-        raise fail(padded.index(stray[:1]), "{text} is not an integer")
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    spans = _line_chunks(raw, begin, stop, _CHUNK_BYTES)
 
-    spans = _line_chunks(padded, 3, _CHUNK_BYTES)
-    arr = np.frombuffer(padded, dtype=np.uint8)
+    def view(span: tuple[int, int]) -> np.ndarray:
+        lo, hi = span
+        if lo - begin >= 3 and not (missing_newline and hi == stop):
+            return arr[lo - 3:hi]  # look back into the previous line: it ends with a newline
+        # The first chunk gets newline padding as look-back (a header is not digits); a last
+        # line without a newline gets one. Only these chunks are copied, not the whole file.
+        tail = _NL if missing_newline and hi == stop else np.empty(0, np.uint8)
+        return np.concatenate([_PAD, arr[lo:hi], tail])
+
     workers = min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:  # numpy releases the GIL in these passes
-        parts = list(pool.map(lambda s: _parse_chunk(arr[s[0] - 3:s[1]]), spans))
-    for (lo, hi), (_, bad) in zip(spans, parts):
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(lambda s: _parse_chunk(view(s)), spans))
+    for (lo, hi), (_, stray_at, bad) in zip(spans, parts):
+        if stray_at >= 0:
+            raise fail(lo + stray_at, "{text} is not an integer")
         if bad:  # find the first offending field, exactly, in this chunk only
-            for m in re.finditer(rb"(?:^|(?<=[,\n]))(\d{4,}|)(?=[,\n])", padded[lo:hi], re.M):
-                text = m.group(1)
+            for m in re.finditer(rb"(?:^|(?<=[,\n]))(\d{4,}|)(?=[,\n]|$)", raw[lo:hi], re.M):
                 pos = lo + m.start()
-                if not text:
-                    raise fail(pos, "empty field")
-                raise fail(pos, "{text} is out of range")
+                raise fail(pos, "empty field" if not m.group(1) else "{text} is out of range")
     values = np.concatenate([p[0] for p in parts])
     ends = np.flatnonzero(values >= _NEWLINE_FLAG)
     counts = np.diff(ends, prepend=-1)
