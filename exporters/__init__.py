@@ -12,6 +12,23 @@ from .targets import TARGETS, check_options
 __all__ = ["TARGETS", "check_options", "export"]
 
 
+def calibration_sample(artifact: Path, train_images: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """``k`` training images for int8 calibration: a seeded random sample, never from the held-out split.
+
+    A random sample covers the classes and styles evenly (the first rows of a file need not);
+    the held-out split stays untouched for the gate. When ``train_images`` is not the data the
+    checkpoint was trained on (its size differs), all of it is eligible.
+    """
+    from toolchain.checkpoint import load_checkpoint
+    split = load_checkpoint(artifact / "checkpoint.pt").get("split") or {}
+    eligible = np.arange(len(train_images))
+    held = split.get("holdout_indices")
+    if held is not None and split.get("n_train", -1) + split.get("n_holdout", -1) == len(train_images):
+        eligible = np.setdiff1d(eligible, np.asarray(held, dtype=np.int64))
+    pick = np.random.default_rng(seed).permutation(eligible)[:k]
+    return np.ascontiguousarray(train_images[np.sort(pick)])
+
+
 def export(artifact: Path, target: str, *, test_images: np.ndarray, test_labels: np.ndarray | None,
            calib_images: np.ndarray | None = None, **options: Any) -> Any:
     """Export ``target`` into ``artifact`` (validated where it can run here), update the manifest.
@@ -38,7 +55,8 @@ def export(artifact: Path, target: str, *, test_images: np.ndarray, test_labels:
         if k < 1:
             raise ValueError(f"--calibration-images {k}: expected at least 1")
         result = export_int8(artifact, t.filename, opset=int(opts["opset"]), images=imgs, labels=labels,
-                             calib_images=calib_images[:k], int8_format=str(opts["int8_format"]), validate=n > 0)
+                             calib_images=calibration_sample(artifact, calib_images, k),
+                             int8_format=str(opts["int8_format"]), validate=n > 0)
     else:
         from .onnx_export import ExportResult
         from .tensorrt import export_plan

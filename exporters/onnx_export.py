@@ -169,8 +169,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self.batches, None)
 
+    import onnx
+
     qdq = fmt == "qdq"
-    quantize_static(str(fp32_path), str(out_path), Reader(),
+    # The classifier head stays float: it is 0.1% of the multiply-adds, and its output (the
+    # logits) feeds the gate directly, so its rounding would move confidences and refusals.
+    head = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "Gemm" and "head" in n.name]
+    quantize_static(str(fp32_path), str(out_path), Reader(), nodes_to_exclude=head,
                     quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                     per_channel=True, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,

@@ -44,7 +44,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "TensorRT plan built from one of the ONNX files, plus its sidecar JSON"),
 )}
 
-DEFAULTS = {"opset": 17, "validate_images": 10000, "calibration_images": 2000, "int8_format": "qdq",
+DEFAULTS = {"opset": 17, "validate_images": 10000, "calibration_images": 5000, "int8_format": "qdq",
             "source": "onnx", "min_batch": 1, "opt_batch": 32, "max_batch": 1024, "workspace_mib": 256,
             "timing_cache": None}
 

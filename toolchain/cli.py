@@ -113,7 +113,7 @@ def main() -> None:
               help="'seed' reproduces the notebook's hyperparameters exactly.")
 @click.option("--arch", type=click.Choice(["lenet5", "lenet5-classic"]), default=None,
               help="Architecture (default: the recipe's; lenet5 for 'default').")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the recipe's; 16 for 'default').")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the recipe's; 18 for 'default').")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default: the recipe's).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--outlier-fraction", type=float, default=None,
@@ -277,7 +277,8 @@ def _target_names() -> list[str]:
 @click.option("--validate-images", type=int, default=None,
               help="Test images the export is validated on against PyTorch [onnx targets; default 10000; 0 skips].")
 @click.option("--calibration-images", type=int, default=None,
-              help="Training images that calibrate int8 quantization [onnx-int8; default 2000].")
+              help="Training images (a seeded sample, never held-out ones) that calibrate int8 quantization "
+                   "[onnx-int8; default 5000].")
 @click.option("--int8-format", type=click.Choice(["qdq", "qoperator"]), default=None,
               help="QDQ (TensorRT and ONNX Runtime) or QOperator (ONNX Runtime CPU) [onnx-int8; default qdq].")
 @click.option("--source", type=click.Choice(["onnx", "int8", "fp16"]), default=None,
