@@ -81,8 +81,10 @@ def test_resume_after_interruption_continues_where_it_stopped(tmp_path, small_sp
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
     # Same seed, same data, RNG state restored: the resumed run is the uninterrupted run.
     assert resumed.history[-1]["val_loss"] == pytest.approx(straight.history[-1]["val_loss"], rel=1e-4)
-    with pytest.raises(ValueError, match="different training settings"):
+    with pytest.raises(ValueError, match=r"different training settings \(lr\)"):
         fit(make_config(epochs=3, lr=0.1), tr, tmp_path, resume=True)
+    with pytest.raises(ValueError, match=r"\(epochs\).*--epochs may change only with a constant schedule"):
+        fit(make_config(epochs=5), tr, tmp_path, resume=True)
 
 
 def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -308,9 +308,13 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
         saved = state["train_config"]
-        if {k: v for k, v in saved.items() if k != "epochs"} != {k: v for k, v in cfg.to_dict().items() if k != "epochs"}:
-            raise ArtifactError(f"{last_path}: was written with different training settings; "
-                                "resume with the same options (only --epochs may change) or use a new --out")
+        # The one-cycle schedule is laid out over the whole run: only a constant rate can be extended.
+        fixed = {"epochs"} if cfg.schedule == "constant" else set()
+        if {k: v for k, v in saved.items() if k not in fixed} != {k: v for k, v in cfg.to_dict().items() if k not in fixed}:
+            changed = sorted(k for k in saved if saved.get(k) != cfg.to_dict().get(k))
+            raise ArtifactError(f"{last_path}: was written with different training settings ({', '.join(changed)}); "
+                                "resume with the same options (--epochs may change only with a constant schedule, "
+                                "as in --recipe seed) or use a new --out")
         if state["split"]["dataset_sha256"] != train.sha256:
             raise ArtifactError(f"{last_path}: was trained on other data ({state['split']['dataset_source']})")
         model.net.load_state_dict(state["state_dict"])
