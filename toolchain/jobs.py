@@ -134,6 +134,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     if (method, chosen["score"]) not in candidates:
         candidates.append((method, chosen["score"]))
     curves = {}
+    fitted: dict[tuple[str, str], dict[str, Any]] = {}
     for m, s in candidates:
         try:
             c = chosen if (m, s) == (method, chosen["score"]) else gate.fit_gate(
@@ -142,6 +143,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
         except gate.GateError as e:
             rows.append({"method": m, "score": s, "error": str(e)})
             continue
+        fitted[(m, s)] = c
         conf = gate.confidence_np(lt, c)
         st = gate.gate_stats(conf, ok_t, c["threshold"])
         seed_conf = gate.confidence_np(test_eval["seed_logits"], c)
@@ -177,9 +179,10 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     rdir = out_dir / "report"
     report.score_histogram(conf_chosen, ok_t, chosen["threshold"], f"{method} gate ({chosen['score']}), test set",
                            rdir / "gate_scores.png")
-    seed_row = gate.fit_gate("seed", lh, holdout.labels) if method != "seed" else chosen
-    report.score_histogram(gate.confidence_np(lt, seed_row), ok_t, seed_row["threshold"],
-                           "notebook's rule (seed-minmax), test set", rdir / "gate_scores_seed.png")
+    seed_rule = fitted.get(("seed", "seed-minmax"))
+    if seed_rule is not None:  # absent only when the held-out data has no wrong prediction to fit it on
+        report.score_histogram(gate.confidence_np(lt, seed_rule), ok_t, seed_rule["threshold"],
+                               "notebook's rule (seed-minmax), test set", rdir / "gate_scores_seed.png")
     report.risk_coverage_plot(curves, chosen.get("target_risk"), rdir / "risk_coverage.png")
     report.reliability(p_before, p_after, ok_t, rdir / "reliability.png")
 
