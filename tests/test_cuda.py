@@ -1,4 +1,8 @@
-"""CUDA: training with data resident on the GPU, and the gated graph on the GPU (skipped without one)."""
+"""CUDA: training with data resident on the GPU, and the gated graph on the GPU (skipped without one).
+
+Also runnable without pytest (the GPU machines' stock image has none):
+``PYTHONPATH=. python3 tests/test_cuda.py``.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +32,30 @@ def test_gated_graph_same_on_cuda_and_cpu(artifact, mnist_test):
         gpu = [t.cpu() for t in model.cuda()(x.cuda())]
     assert np.abs(cpu[0].numpy() - gpu[0].numpy()).max() < 1e-3
     assert (cpu[2] == gpu[2]).float().mean() > 0.999
+
+
+if __name__ == "__main__":  # the same checks with hand-made fixtures, for a machine without pytest
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from toolchain import jobs
+    from toolchain.data import Dataset, embedded_mnist
+    from toolchain.train import make_config
+    if not torch.cuda.is_available():
+        print("SKIP: no CUDA GPU on this machine")
+        sys.exit(0)
+    train, test = embedded_mnist("train"), embedded_mnist("test")
+    split = (Dataset(train.images[:6000], train.labels[:6000], "mnist[:6000]"),
+             Dataset(test.images[:2000], test.labels[:2000], "mnist-test[:2000]"))
+    passed = 0
+    with tempfile.TemporaryDirectory() as d:
+        test_train_on_cuda_learns(Path(d) / "a", split)
+        passed += 1
+        art = Path(d) / "art"
+        jobs.train(make_config("default", epochs=3, device="cuda"), art, *split,
+                   gate_options=dict(target_risk=0.02, delta=0.1))
+        test_gated_graph_same_on_cuda_and_cpu(art, test)
+        passed += 1
+    print(f"{passed} passed, 0 failed")
