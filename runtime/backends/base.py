@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -11,6 +12,14 @@ import numpy as np
 
 class BackendUnavailable(RuntimeError):
     """A backend's library, driver or device is missing here."""
+
+
+def import_backend_library(module: str, label: str, install: str) -> Any:
+    """Import a backend's library lazily, or say it is missing and how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise BackendUnavailable(f"{label} is not installed ({e}): {install}") from None
 
 
 class Backend(ABC):

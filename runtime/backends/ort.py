@@ -7,18 +7,14 @@ from typing import Any
 import numpy as np
 
 from ..metadata import INPUT_NAME, METADATA_KEY, OUTPUT_NAMES, MetadataError, parse_metadata
-from .base import Backend, BackendUnavailable
+from .base import Backend, BackendUnavailable, import_backend_library
 
 PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise BackendUnavailable(f"onnxruntime is not installed ({e}): pip install onnxruntime "
-                                 "(or onnxruntime-gpu for CUDA)") from None
-    return onnxruntime
+    return import_backend_library("onnxruntime", "onnxruntime",
+                                  "pip install onnxruntime (or onnxruntime-gpu for CUDA)")
 
 
 class OnnxRuntimeBackend(Backend):

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..fileio import ArtifactError, load_json_file, sha256_file
 from ..metadata import INPUT_NAME, OUTPUT_NAMES, MetadataError, check_metadata
-from .base import Backend, BackendUnavailable
+from .base import Backend, BackendUnavailable, import_backend_library
 
 SIDECAR_SUFFIX = ".json"
 
@@ -87,12 +87,8 @@ def compute_capability(device: int = 0) -> str:
 
 
 def _trt() -> Any:
-    try:
-        import tensorrt
-    except ImportError as e:
-        raise BackendUnavailable(f"TensorRT is not installed ({e}): pip install tensorrt (NVIDIA's index); "
-                                 "it needs an NVIDIA GPU and driver") from None
-    return tensorrt
+    return import_backend_library("tensorrt", "TensorRT",
+                                  "pip install tensorrt (NVIDIA's index); it needs an NVIDIA GPU and driver")
 
 
 class TensorRTBackend(Backend):
