@@ -98,6 +98,16 @@ def run_onnx(path: Path, images: np.ndarray, threads: int | None = None) -> dict
     return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
 
 
+def validate_against_pytorch(path: Path, name: str, precision: str, reference: GatedModel, images: np.ndarray,
+                             labels: np.ndarray | None) -> Report:
+    """Run ``path`` and the fp32 PyTorch graph on ``images``; raise :class:`ValidationError` on a mismatch."""
+    report = compare(name, precision, torch_reference(reference, images), run_onnx(path, images), reference.threshold,
+                     labels)
+    if not report.passed:
+        raise ValidationError(report)
+    return report
+
+
 class Staging:
     """A scratch folder inside the artifact: files are built and validated there, then moved
     into place with an atomic rename, so a failed or interrupted export leaves nothing behind."""
@@ -136,12 +146,8 @@ def export_float(artifact: Path, filename: str, precision: str, *, opset: int, i
     with Staging(artifact) as stage:
         tmp = stage.path(filename)
         onnx.save(proto, str(tmp))
-        report = None
-        if validate:
-            ref = torch_reference(GatedModel(pipeline, ckpt["calibration"]), images)
-            report = compare(filename, precision, ref, run_onnx(tmp, images), graph.threshold, labels)
-            if not report.passed:
-                raise ValidationError(report)
+        report = validate_against_pytorch(tmp, filename, precision, GatedModel(pipeline, ckpt["calibration"]),
+                                          images, labels) if validate else None
         path = stage.commit(filename)
     return ExportResult(path, report, time.perf_counter() - t0, {"opset": opset, "exporter": "torch.onnx (TorchScript)"})
 
@@ -205,12 +211,7 @@ def export_int8(artifact: Path, filename: str, *, opset: int, images: np.ndarray
         proto = attach_metadata(onnx.load(str(tmp)), meta)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        report = None
-        if validate:
-            ref = torch_reference(graph, images)
-            report = compare(filename, "int8", ref, run_onnx(tmp, images), graph.threshold, labels)
-            if not report.passed:
-                raise ValidationError(report)
+        report = validate_against_pytorch(tmp, filename, "int8", graph, images, labels) if validate else None
         path = stage.commit(filename)
     return ExportResult(path, report, time.perf_counter() - t0,
                         {"opset": opset, "int8_format": int8_format, "calibration_images": len(calib_images)})

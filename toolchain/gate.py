@@ -69,8 +69,15 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any]) -> torch.Tensor:
     return torch.sigmoid((raw - float(calib["center"])) / float(calib["scale"]))
 
 
-def _np_conf(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
+def confidence_np(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
+    """:func:`confidence` for numpy logits (computed in float64)."""
     return confidence(torch.from_numpy(np.asarray(logits, dtype=np.float64)), calib).numpy()
+
+
+def _logsumexp(z: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp, shifted by the row maximum so it cannot overflow."""
+    m = z.max(axis=1, keepdims=True)
+    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
 # --------------------------------------------------------------------------- temperature
@@ -78,9 +85,7 @@ def _np_conf(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     """Mean negative log-likelihood of ``softmax(logits / T)``."""
     z = logits.astype(np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+    return float(np.mean(_logsumexp(z) - z[np.arange(len(labels)), labels]))
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -285,7 +290,7 @@ def fit_seed_rule(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
         "logit_min": logits.min(axis=0).astype(float).tolist(),
         "logit_max": logits.max(axis=0).astype(float).tolist(),
     }
-    s = _np_conf(logits, calib)
+    s = confidence_np(logits, calib)
     ok = logits.argmax(1) == labels
     if ok.all() or not ok.any():
         raise GateError("the seed rule needs both correct and wrong predictions on the held-out data")
@@ -295,7 +300,7 @@ def fit_seed_rule(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return calib
 
 
-def split_for_scoring(n: int, fraction: float = 0.2, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_for_scoring(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of held-out indices into (score-fitting, certification) parts."""
     perm = np.random.default_rng(seed).permutation(n)
     k = int(round(n * fraction))
@@ -336,10 +341,10 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float
         calib["center"] = float(np.median(raw))
         calib["scale"] = float(max(np.std(raw), 1e-6))
     lc, yc = logits[cert_idx], labels[cert_idx]
-    s = _np_conf(lc, calib)
+    s = confidence_np(lc, calib)
     ok = lc.argmax(1) == yc
     if search == "ltt":
-        grid = threshold_grid(_np_conf(lf, calib))
+        grid = threshold_grid(confidence_np(lf, calib))
         cert = certify_fixed_sequence(s, ok, grid, target_risk, delta)
     else:
         cert = certify_threshold(s, ok, target_risk, delta)
@@ -348,11 +353,6 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float
                  certification={"n": cert.n, "accepted": cert.accepted, "errors": cert.errors},
                  score_fit={"n": len(fit_idx), "fraction": score_fit_fraction})
     return calib
-
-
-def _logsumexp(z: np.ndarray) -> np.ndarray:
-    m = z.max(axis=1, keepdims=True)
-    return (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))[:, 0]
 
 
 def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk: float = 0.002,
@@ -368,11 +368,8 @@ def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk
     else:
         calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score, search=search,
                                energy_floor=energy_floor)
-    s = _np_conf(logits, calib)
-    acc = s >= calib["threshold"]
-    ok = logits.argmax(1) == labels
-    calib["fit"] = {"n": len(labels), "coverage": float(acc.mean()),
-                    "selective_risk": float((~ok[acc]).mean()) if acc.any() else 0.0,
+    st = gate_stats(confidence_np(logits, calib), logits.argmax(1) == labels, calib["threshold"])
+    calib["fit"] = {"n": len(labels), "coverage": st["coverage"], "selective_risk": st["selective_risk"],
                     **(split or {})}
     return {"schema_version": CALIBRATION_SCHEMA, **calib}
 
@@ -417,11 +414,5 @@ def aurc(conf: np.ndarray, correct: np.ndarray) -> float:
 def softmax_np(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row softmax of ``logits / temperature`` in float64."""
     z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    return np.exp(z - _logsumexp(z)[:, None])
 
-
-def confidence_np(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
-    """:func:`confidence` for numpy logits."""
-    return _np_conf(logits, calib)
