@@ -14,6 +14,16 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fewer_ood_frames():
+    """2,000 frames of each OOD kind instead of 10,000: every calibration here runs the model on
+    them through five test-time views, and the counts matter for the reports, not for the tests."""
+    from toolchain import jobs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jobs, "OOD_PER_KIND", 2000)
+        yield
+
+
 @pytest.fixture(scope="session")
 def mnist_test():
     from toolchain.data import embedded_mnist

@@ -53,6 +53,36 @@ def test_recalibrate_with_the_seed_rule_updates_everything(artifact, setup, tmp_
     assert {"uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits", "fashion"} <= kinds
 
 
+def test_novelty_ceiling_is_fitted_and_optional(artifact, setup, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1", "--novelty-ceiling", "99", "--json")
+    assert r.exit_code == 0, r.output
+    calib = json.loads((art / "calibration.json").read_text())
+    assert calib["score"] == "msp-energy" and calib["novelty_ceiling_percentile"] == 99
+    assert "novelty residual" in calib["score_definition"]
+    assert json.loads(r.output)["versus_seed_rule"]["seed_coverage"] > 0
+    # A checkpoint from before the novelty basis still calibrates, without the ceiling.
+    ckpt = load_checkpoint(art / "checkpoint.pt")
+    del ckpt["novelty"]
+    save_checkpoint(art / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1")
+    assert r.exit_code == 0, r.output
+    assert "novelty_ceiling" not in json.loads((art / "calibration.json").read_text())
+    r = _run(art, setup, "--novelty-ceiling", "0")
+    assert r.exit_code == 2 and "novelty ceiling 0.0: expected a percentile in (0, 100]" in r.output
+
+
+def test_tampered_novelty_basis_is_refused(artifact, tmp_path):
+    from runtime.fileio import ArtifactError
+    from toolchain.checkpoint import build_pipeline
+    ckpt = load_checkpoint(artifact / "checkpoint.pt")
+    ckpt["novelty"] = {**ckpt["novelty"], "basis": torch.zeros(100, 48)}
+    with pytest.raises(ArtifactError, match=r"checkpoint does not match its architecture: novelty mean \[784\] and "
+                                            r"basis \[100, 48\]: expected \[D\] and \[D, K\]"):
+        build_pipeline(ckpt)
+
+
 def test_text_report_is_a_side_by_side_table(artifact, setup, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(artifact, art)

@@ -52,6 +52,25 @@ def test_fp32_graph_matches_pytorch_on_real_images(exported, mnist_test):
     assert (inv["label"] == got["label"][:500]).mean() > 0.99
 
 
+def test_graph_refuses_frames_unlike_the_training_frames(exported):
+    """The novelty residual and its ceiling are in the graph: far-off frames get confidence 0."""
+    from toolchain import ood
+    ckpt, _, pipe = load_calibrated(exported)
+    calib = ckpt["calibration"]
+    assert calib["novelty_ceiling"] > 0 and ckpt["novelty"]["basis"].shape == (784, 48)
+    frames = ood.fashion(300)[:, None]
+    graph = GatedModel(pipe, calib)
+    ref = torch_reference(graph, frames)
+    got = run_onnx(exported / "model.onnx", frames)
+    import torch
+    with torch.no_grad():
+        novelty = pipe.novelty_score(torch.from_numpy(frames.copy()).float() / 255).numpy()
+    far = novelty > calib["novelty_ceiling"] * 1.001
+    assert far.sum() > 30  # most clothing is far from the digits' principal subspace
+    assert (got["confidence"][far] == 0).all() and not got["accepted"][far].any()
+    assert np.allclose(ref["confidence"], got["confidence"], atol=1e-5)
+
+
 def test_graph_io_contract_and_dynamic_batch(exported):
     proto = onnx.load(str(exported / "model.onnx"))
     onnx.checker.check_model(proto, full_check=True)

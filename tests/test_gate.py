@@ -157,6 +157,27 @@ def test_msp_energy_refuses_frames_with_little_evidence():
                       energy_floor=100.0)
 
 
+def test_novelty_ceiling_refuses_far_frames():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(4000, 10)) * 6
+    labels = logits.argmax(1)
+    novelty = rng.gamma(2.0, 0.1, size=4000)
+    c = gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy",
+                      novelty=novelty, novelty_ceiling=95.0)
+    fit_idx, _ = gate.split_for_scoring(len(labels), 0.1)
+    assert c["novelty_ceiling"] == pytest.approx(np.percentile(novelty[fit_idx], 95.0))
+    conf = gate.confidence_np(logits, c, novelty)
+    far = novelty > c["novelty_ceiling"]
+    assert far.any() and (conf[far] == 0).all()
+    assert np.array_equal(conf[~far], gate.confidence_np(logits[~far], {**c, "novelty_ceiling": None}))
+    with pytest.raises(gate.GateError, match="this gate refuses frames by their novelty residual: expected the "
+                                             "residuals"):
+        gate.confidence_np(logits, c)
+    plain = gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy",
+                          novelty=novelty, novelty_ceiling=100.0)
+    assert "novelty_ceiling" not in plain
+
+
 def test_fashion_ood_sample_is_verified():
     from toolchain import ood
     imgs = ood.generate("fashion", 500)

@@ -35,6 +35,56 @@ def test_polarity_auto_inverts_dark_on_light():
     assert torch.equal(Pipeline(ArchConfig(), PreprocessConfig(polarity="none")).pre(both)[1], (1 - x[1] - 0.5) / 0.5)
 
 
+def test_test_time_views_average_rotated_frames():
+    """The views are the frame plus bilinear rotations with the background filled, logits averaged."""
+    import math
+
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    rotations = (-15.0, 7.5)
+    pipe = Pipeline(ArchConfig(), PreprocessConfig(view_rotations=rotations)).eval()
+    single = Pipeline(ArchConfig(), PreprocessConfig()).eval()
+    single.net.load_state_dict(pipe.net.state_dict())
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 6:22, 12:16] = 1.0
+    x[2] = 1 - x[2]  # dark on light: canonicalised first, so its views match frame 0's
+
+    def rotated(img: torch.Tensor, deg: float) -> torch.Tensor:
+        r = math.radians(deg)
+        theta = torch.tensor([[[math.cos(r), -math.sin(r), 0.0], [math.sin(r), math.cos(r), 0.0]]]).expand(len(img), -1, -1)
+        return F.grid_sample(img, F.affine_grid(theta, list(img.shape), align_corners=False), align_corners=False)
+
+    canon = x.clone()
+    canon[2] = 1 - canon[2]
+    expected = torch.stack([single(canon)] + [single(rotated(canon, a)) for a in rotations]).mean(0)
+    with torch.no_grad():
+        assert torch.allclose(pipe(x), expected, atol=1e-5)
+        assert torch.allclose(pipe(x)[0], pipe(x)[2], atol=1e-5)
+        assert not torch.allclose(pipe(x), single(x), atol=1e-3)
+    assert make_config().view_rotations == (-15.0, -7.5, 7.5, 15.0)
+    assert make_config("seed").view_rotations == ()
+    with pytest.raises(ValueError, match=r"view rotation 90.0: expected non-zero degrees in \[-45, 45\]"):
+        make_config(view_rotations=(90,))
+    with pytest.raises(ValueError, match="9 view rotations: expected at most 8"):
+        make_config(view_rotations=tuple(range(1, 10)))
+
+
+def test_outliers_include_chimeras_of_two_classes():
+    from toolchain.augment import make_outliers
+    labels = torch.arange(400) % 2
+    x = (labels == 0).float().view(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()  # class 0 white, 1 black
+
+    def chimeras(lab: torch.Tensor) -> float:
+        out = make_outliers(x, torch.Generator().manual_seed(0), lab)
+        binary = ((out == 0) | (out == 1)).flatten(1).all(1)
+        both = (out.flatten(1).amax(1) == 1) & (out.flatten(1).amin(1) == 0)
+        return (binary & both).float().mean().item()
+
+    # A chimera joins part of one frame to the rest of another: only when their classes differ.
+    assert 0.35 < chimeras(labels) < 0.55
+    assert chimeras(torch.zeros(400, dtype=torch.long)) == 0.0
+
+
 def test_recipes_and_bad_options():
     seed = make_config("seed")
     assert (seed.arch, seed.optimizer, seed.lr, seed.momentum, seed.batch_size, seed.invert_p, seed.epochs) == \
@@ -168,6 +218,7 @@ def test_cli_train_writes_the_artifact_contract(tmp_path, small_split):
 @pytest.mark.parametrize("args, message", [
     (["--train-csv", "{bad}"], "line 2, pixel 3: 'abc' is not an integer"),
     (["--epochs", "0"], "epochs 0: expected at least 1"),
+    (["--view-rotations", "10,x"], "'10,x': expected comma-separated degrees such as -15,-7.5,7.5,15, or 'none'"),
     (["--target-risk", "2"], r"Invalid value for '?--target-risk'?: 2.0: expected a value in \(0, 1\)"),
 ])
 def test_cli_train_bad_input_exits_2(tmp_path, args, message):

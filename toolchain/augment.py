@@ -57,11 +57,15 @@ def seed_protocol(images_u8: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return augment(x, 25.0, 0.5, g, mode="nearest")
 
 
-def make_outliers(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def make_outliers(x: torch.Tensor, generator: torch.Generator | None = None,
+                  labels: torch.Tensor | None = None) -> torch.Tensor:
     """Synthetic non-digits for outlier exposure, built on the device from a batch of digits.
 
-    Mostly the digits cut into 7x7 tiles and shuffled (strokes, but no digit), plus some
-    uniform noise and blank frames. ``x`` holds [0, 1] pixels ``(N, 1, 28, 28)``.
+    About 45% chimeras: the top (or left) 10-18 rows (columns) of one digit joined to the
+    rest of the batch's previous digit, so digit-like strokes and proportions but no digit
+    (where ``labels`` says the two share a class, shuffled tiles are used instead); 25%
+    digits cut into 7x7 tiles and shuffled; 20% uniform noise; 10% blank frames.
+    ``x`` holds [0, 1] pixels ``(N, 1, 28, 28)``.
     """
     n = x.shape[0]
     tiles = x.reshape(n, 4, 7, 4, 7).permute(0, 1, 3, 2, 4).reshape(n, 16, 49)
@@ -72,4 +76,15 @@ def make_outliers(x: torch.Tensor, generator: torch.Generator | None = None) -> 
     noise = torch.rand(out.shape, device=x.device, generator=generator)
     blank = (torch.rand(n, device=x.device, generator=generator) < 0.5).to(x.dtype).view(n, 1, 1, 1).expand_as(out)
     out = torch.where((kind < 0.2).view(n, 1, 1, 1), noise, out)
+    # Chimeras: one digit's top (or left) part joined to another digit's rest.
+    other = x.roll(1, 0)
+    cut = torch.randint(10, 19, (n, 1, 1, 1), device=x.device, generator=generator)
+    pos = torch.arange(28, device=x.device)
+    vert = torch.rand(n, 1, 1, 1, device=x.device, generator=generator) < 0.5
+    mask = torch.where(vert, pos.view(1, 1, 28, 1) < cut, pos.view(1, 1, 1, 28) < cut)
+    chim = torch.where(mask, x, other)
+    use = (kind >= 0.45) & (kind < 0.9)
+    if labels is not None:
+        use = use & (labels != labels.roll(1, 0))
+    out = torch.where(use.view(n, 1, 1, 1), chim, out)
     return torch.where((kind > 0.9).view(n, 1, 1, 1), blank, out)

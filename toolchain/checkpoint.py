@@ -55,11 +55,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def build_pipeline(ckpt: dict[str, Any]) -> torch.nn.Module:
     """Rebuild the preprocessing + network of a checkpoint, in eval mode, on the CPU."""
-    from .model import ArchConfig, Pipeline, PreprocessConfig
+    from .model import ArchConfig, Novelty, Pipeline, PreprocessConfig
 
     try:
         model = Pipeline(ArchConfig(**ckpt["arch"]), PreprocessConfig(**ckpt["preprocess"]))
         model.net.load_state_dict(ckpt["state_dict"])
-    except (TypeError, ValueError, RuntimeError) as e:
+        if ckpt.get("novelty"):
+            model.novelty = Novelty(ckpt["novelty"]["mean"], ckpt["novelty"]["basis"])
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError) as e:
         raise ArtifactError(f"checkpoint does not match its architecture: {str(e).splitlines()[0]}") from None
     return model.eval()

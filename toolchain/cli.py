@@ -70,13 +70,16 @@ def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | N
 
 def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The gate's fitting options, shared by train and calibrate."""
-    from .gate import DEFAULT_ENERGY_FLOOR, DEFAULT_SCORE, METHODS, SCORES
+    from .gate import DEFAULT_ENERGY_FLOOR, DEFAULT_NOVELTY_CEILING, DEFAULT_SCORE, METHODS, SCORES
     fn = click.option("--ood-data", type=click.Path(path_type=Path),
                       help="Extra out-of-distribution images to measure acceptance on (CSV, IDX file or folder).")(fn)
     fn = click.option("--search", type=click.Choice(["ltt", "sgr"]), default="ltt", show_default=True,
                       help="Threshold search: Learn-then-Test fixed sequence, or SGR's binary search.")(fn)
     fn = click.option("--energy-floor", type=float, default=DEFAULT_ENERGY_FLOOR, show_default=True,
                       help="msp-energy: refuse frames whose energy is below this percentile of held-out digits'.")(fn)
+    fn = click.option("--novelty-ceiling", type=float, default=DEFAULT_NOVELTY_CEILING, show_default=True,
+                      help="msp-energy: refuse frames whose novelty residual is above this percentile of held-out "
+                           "digits' (100: no such refusal).")(fn)
     fn = click.option("--score", type=click.Choice(SCORES), default=DEFAULT_SCORE, show_default=True,
                       help="Gate score of the guaranteed method.")(fn)
     fn = click.option("--delta", type=float, default=0.05, show_default=True,
@@ -107,21 +110,39 @@ def main() -> None:
 
 # --------------------------------------------------------------------------- train
 
+def _parse_rotations(text: str | None) -> tuple[float, ...] | None:
+    """``--view-rotations``: comma-separated degrees, or 'none' for the frame alone."""
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected comma-separated degrees such as -15,-7.5,7.5,15, "
+                                 "or 'none'", param_hint="--view-rotations") from None
+
+
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=DEFAULT_OUT, help="Artifact folder.")
 @click.option("--recipe", type=click.Choice(["default", "seed"]), default="default",
               help="'seed' reproduces the notebook's hyperparameters exactly.")
 @click.option("--arch", type=click.Choice(["lenet5", "lenet5-classic"]), default=None,
               help="Architecture (default: the recipe's; lenet5 for 'default').")
-@click.option("--epochs", type=int, default=None, help="Epochs (default: the recipe's; 18 for 'default').")
+@click.option("--epochs", type=int, default=None, help="Epochs (default: the recipe's; 14 for 'default').")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default: the recipe's).")
 @click.option("--lr", type=float, default=None, help="Peak learning rate (default: the recipe's).")
 @click.option("--outlier-fraction", type=float, default=None,
               help="Synthetic non-digits per real image, trained toward uniform (default: the recipe's).")
+@click.option("--outlier-weight", type=float, default=None,
+              help="Weight of the outliers' loss against the digits' (default: the recipe's).")
 @click.option("--translate", type=float, default=None,
               help="Random shift augmentation in pixels (default: the recipe's; 0 for 'default').")
 @click.option("--polarity", type=click.Choice(["auto", "none"]), default=None,
               help="'auto' inverts dark-on-light frames in the graph itself (default: the recipe's).")
+@click.option("--view-rotations", default=None, metavar="DEG,DEG,...|none",
+              help="Test-time views: the kept model averages its logits over the frame and these rotations "
+                   "of it, in the graph too (default: the recipe's; -15,-7.5,7.5,15 for 'default').")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N; data stays resident there.")
 @click.option("--seed", type=int, default=0, help="Seed of the split, initialisation and augmentation.")
 @click.option("--deterministic", is_flag=True, help="Use deterministic algorithms only (slower on CUDA).")
@@ -133,10 +154,13 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON at the end.")
 @handle_errors
 def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
-          outlier_fraction: float | None, translate: float | None, polarity: str | None, device: str, seed: int,
+          outlier_fraction: float | None, outlier_weight: float | None, translate: float | None,
+          polarity: str | None,
+          view_rotations: str | None, device: str, seed: int,
           deterministic: bool,
           threads: int | None, resume: bool, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
-          method: str, target_risk: float, delta: float, score: str, energy_floor: float, search: str,
+          method: str, target_risk: float, delta: float, score: str, energy_floor: float, novelty_ceiling: float,
+          search: str,
           ood_data: Path | None, quiet: bool, as_json: bool) -> None:
     """Train LeNet, evaluate it, calibrate its gate, and write the artifact folder."""
     import torch
@@ -151,7 +175,9 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
             raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
         torch.set_num_threads(threads)
     cfg = make_config(recipe, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                      outlier_fraction=outlier_fraction, translate=translate, polarity=polarity, device=device,
+                      outlier_fraction=outlier_fraction, outlier_weight=outlier_weight, translate=translate,
+                      polarity=polarity,
+                      view_rotations=_parse_rotations(view_rotations), device=device,
                       seed=seed,
                       deterministic=deterministic)
     train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir)
@@ -186,7 +212,8 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
     try:
         metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume,
                              gate_options=dict(method=method, target_risk=target_risk, delta=delta, score=score,
-                                               search=search, energy_floor=energy_floor),
+                                               search=search, energy_floor=energy_floor,
+                                               novelty_ceiling=novelty_ceiling),
                              ood_images=ood_images, ood_name=str(ood_data) if ood_data else None,
                              on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
     finally:
@@ -217,7 +244,8 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
 @click.option("--json", "as_json", is_flag=True, help="Print the gate metrics as JSON.")
 @handle_errors
 def calibrate(artifact: Path, method: str, target_risk: float, delta: float, score: str, energy_floor: float,
-              search: str, ood_data: Path | None, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
+              novelty_ceiling: float, search: str, ood_data: Path | None, train_csv: Path | None,
+              test_csv: Path | None, idx_dir: Path | None,
               holdout_csv: Path | None, holdout_idx: Path | None, as_json: bool) -> None:
     """Re-fit the gate of a trained ARTIFACT folder without retraining."""
     from . import jobs
@@ -237,7 +265,8 @@ def calibrate(artifact: Path, method: str, target_risk: float, delta: float, sco
         split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
     ood_images = jobs.load_ood_images(ood_data) if ood_data else None
     g = jobs.calibrate(artifact, holdout=holdout, test=test, method=method, score=score, search=search,
-                       target_risk=target_risk, delta=delta, energy_floor=energy_floor, ood_images=ood_images,
+                       target_risk=target_risk, delta=delta, energy_floor=energy_floor,
+                       novelty_ceiling=novelty_ceiling, ood_images=ood_images,
                        ood_name=str(ood_data) if ood_data else None, split_info=split_info)
     _emit(as_json, g, format_gate_table(g))
 
@@ -259,6 +288,11 @@ def format_gate_table(g: dict[str, Any]) -> str:
     e = g["ece_15_bins"]
     lines.append(f"ECE (15 bins): {100 * e['before_temperature']:.3f}% before, {100 * e['after_temperature']:.3f}% "
                  f"after temperature scaling (T = {e['temperature']:.4f}); * = the gate in use")
+    v = g.get("versus_seed_rule")
+    if v:
+        lines.append(f"Against the notebook's rule: at its coverage ({100 * v['seed_coverage']:.2f}%) the gate's score "
+                     f"errs on {100 * v['risk_at_seed_coverage']:.3f}% (rule: {100 * v['seed_selective_risk']:.3f}%); "
+                     f"at its risk the score covers {100 * v['coverage_at_seed_risk']:.2f}%")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from .augment import seed_protocol
 from .data import Dataset
-from .train import predict_logits, to_device_tensors
+from .train import predict_logits, predict_novelty, to_device_tensors
 
 SEED_PROTOCOL_SEED = 0
 
@@ -24,7 +24,8 @@ def evaluate_test(model: torch.nn.Module, test: Dataset, device: torch.device | 
     """Everything the report needs from the test set, computed once.
 
     Returns a dict with ``accuracy``, ``loss``, ``per_class_accuracy``, ``confusion``,
-    ``seed_protocol_accuracy`` and, for later use, ``logits`` / ``seed_logits`` (numpy).
+    ``seed_protocol_accuracy`` and, for later use, ``logits`` / ``seed_logits`` and the
+    novelty residuals ``novelty`` / ``seed_novelty`` (numpy; None without a novelty basis).
     """
     device = torch.device(device)
     model = model.to(device)
@@ -32,6 +33,7 @@ def evaluate_test(model: torch.nn.Module, test: Dataset, device: torch.device | 
     logits = predict_logits(model, x)
     seed_x = seed_protocol(x, SEED_PROTOCOL_SEED)
     seed_logits = predict_logits(model, seed_x)
+    novelty, seed_novelty = predict_novelty(model, x), predict_novelty(model, seed_x)
     preds = logits.argmax(1)
     labels = y.cpu().numpy()
     cm = confusion_matrix(labels, preds.cpu().numpy())
@@ -46,6 +48,8 @@ def evaluate_test(model: torch.nn.Module, test: Dataset, device: torch.device | 
         "seed_protocol_seed": SEED_PROTOCOL_SEED,
         "logits": logits.cpu().double().numpy(),
         "seed_logits": seed_logits.cpu().double().numpy(),
+        "novelty": None if novelty is None else novelty.cpu().double().numpy(),
+        "seed_novelty": None if seed_novelty is None else seed_novelty.cpu().double().numpy(),
         "seed_images": (seed_x[:32].cpu().numpy() * 255).round().astype(np.uint8),
     }
 

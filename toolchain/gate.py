@@ -22,10 +22,13 @@ SCORES = ("msp-energy", "msp", "energy", "maxlogit")
 DEFAULT_SCORE = "msp-energy"
 #: Percentile of the score-fitting split's energies below which ``msp-energy`` refuses outright.
 DEFAULT_ENERGY_FLOOR = 3.0
+#: Percentile of the score-fitting split's novelty residuals above which ``msp-energy`` refuses outright.
+DEFAULT_NOVELTY_CEILING = 99.9
 SCORE_DEFINITIONS = {
     "msp": "max over classes of softmax(logits / temperature)",
     "msp-energy": "max over classes of softmax(logits / temperature) where temperature * logsumexp(logits / "
-                  "temperature) >= energy_floor, else 0",
+                  "temperature) >= energy_floor and (if the model has one) the frame's novelty residual <= "
+                  "novelty_ceiling, else 0",
     "energy": "sigmoid((temperature * logsumexp(logits / temperature) - center) / scale)",
     "maxlogit": "sigmoid((max over classes of logits - center) / scale)",
     "seed-minmax": "max over classes of (logit_c - logit_min_c) / (logit_max_c - logit_min_c), clipped to [0, 1]",
@@ -42,8 +45,12 @@ class CertificationError(GateError):
 
 # --------------------------------------------------------------------------- scores
 
-def confidence(logits: torch.Tensor, calib: dict[str, Any]) -> torch.Tensor:
-    """The calibrated gate score in [0, 1] for ``logits (N, C)``, per ``calib``."""
+def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tensor | None = None) -> torch.Tensor:
+    """The calibrated gate score in [0, 1] for ``logits (N, C)``, per ``calib``.
+
+    ``novelty`` ``(N,)``: the frames' novelty residuals, needed when ``calib`` has a
+    ``novelty_ceiling``.
+    """
     score = calib["score"]
     if score == "seed-minmax":
         lo = torch.tensor(calib["logit_min"], dtype=logits.dtype, device=logits.device)
@@ -59,7 +66,15 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any]) -> torch.Tensor:
         # Frames with less evidence than nearly all held-out digits are refused outright.
         msp = torch.softmax(logits / t, dim=1).amax(dim=1)
         energy = t * torch.logsumexp(logits / t, dim=1)
-        return torch.where(energy >= float(calib["energy_floor"]), msp, torch.zeros_like(msp))
+        keep = energy >= float(calib["energy_floor"])
+        if calib.get("novelty_ceiling") is not None:
+            # Frames far from the training frames' principal subspace (clothing, say) can still
+            # score high with the network; the pixels themselves show they are no digit.
+            if novelty is None:
+                raise GateError("this gate refuses frames by their novelty residual: expected the residuals "
+                                "(a model with a novelty basis) along with the logits")
+            keep = keep & (novelty.to(logits.dtype) <= float(calib["novelty_ceiling"]))
+        return torch.where(keep, msp, torch.zeros_like(msp))
     if score == "energy":
         raw = t * torch.logsumexp(logits / t, dim=1)
     elif score == "maxlogit":
@@ -69,9 +84,10 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any]) -> torch.Tensor:
     return torch.sigmoid((raw - float(calib["center"])) / float(calib["scale"]))
 
 
-def confidence_np(logits: np.ndarray, calib: dict[str, Any]) -> np.ndarray:
+def confidence_np(logits: np.ndarray, calib: dict[str, Any], novelty: np.ndarray | None = None) -> np.ndarray:
     """:func:`confidence` for numpy logits (computed in float64)."""
-    return confidence(torch.from_numpy(np.asarray(logits, dtype=np.float64)), calib).numpy()
+    nov = None if novelty is None else torch.from_numpy(np.asarray(novelty, dtype=np.float64))
+    return confidence(torch.from_numpy(np.asarray(logits, dtype=np.float64)), calib, nov).numpy()
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
@@ -309,7 +325,8 @@ def split_for_scoring(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarra
 
 def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float, delta: float,
                    score: str = DEFAULT_SCORE, search: str = "ltt", score_fit_fraction: float = 0.1,
-                   energy_floor: float = DEFAULT_ENERGY_FLOOR) -> dict[str, Any]:
+                   energy_floor: float = DEFAULT_ENERGY_FLOOR, novelty: np.ndarray | None = None,
+                   novelty_ceiling: float = DEFAULT_NOVELTY_CEILING) -> dict[str, Any]:
     """Temperature scaling by NLL, then a threshold with a certified selective risk.
 
     The held-out data is split once (by default 10%/90%): ``score_fit_fraction`` of it fits the score (the
@@ -335,16 +352,23 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float
             raise GateError(f"energy floor {energy_floor}: expected a percentile in [0, 100)")
         calib["energy_floor"] = float(np.percentile(t * _logsumexp(lf / t), energy_floor))
         calib["energy_floor_percentile"] = energy_floor
+        if not 0.0 < novelty_ceiling <= 100.0:
+            raise GateError(f"novelty ceiling {novelty_ceiling}: expected a percentile in (0, 100]")
+        if novelty is not None and novelty_ceiling < 100.0:
+            calib["novelty_ceiling"] = float(np.percentile(novelty[fit_idx], novelty_ceiling))
+            calib["novelty_ceiling_percentile"] = novelty_ceiling
     if score in ("energy", "maxlogit"):
         raw = t * _logsumexp(lf / t) if score == "energy" else lf.max(axis=1)
         # Centre and scale only squash the raw score into [0, 1]; the ranking (so the gate) is unchanged.
         calib["center"] = float(np.median(raw))
         calib["scale"] = float(max(np.std(raw), 1e-6))
+    nov_f = None if novelty is None else novelty[fit_idx]
+    nov_c = None if novelty is None else novelty[cert_idx]
     lc, yc = logits[cert_idx], labels[cert_idx]
-    s = confidence_np(lc, calib)
+    s = confidence_np(lc, calib, nov_c)
     ok = lc.argmax(1) == yc
     if search == "ltt":
-        grid = threshold_grid(confidence_np(lf, calib))
+        grid = threshold_grid(confidence_np(lf, calib, nov_f))
         cert = certify_fixed_sequence(s, ok, grid, target_risk, delta)
     else:
         cert = certify_threshold(s, ok, target_risk, delta)
@@ -357,8 +381,11 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float
 
 def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk: float = 0.002,
              delta: float = 0.05, score: str = DEFAULT_SCORE, search: str = "ltt",
-             energy_floor: float = DEFAULT_ENERGY_FLOOR, split: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit a gate of ``method`` on held-out ``logits``/``labels``; returns calibration.json's content."""
+             energy_floor: float = DEFAULT_ENERGY_FLOOR, novelty: np.ndarray | None = None,
+             novelty_ceiling: float = DEFAULT_NOVELTY_CEILING,
+             split: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit a gate of ``method`` on held-out ``logits``/``labels`` (and the frames' novelty
+    residuals, when the model has a novelty basis); returns calibration.json's content."""
     if method not in METHODS:
         raise GateError(f"method {method!r}: expected one of {', '.join(METHODS)}")
     logits = np.asarray(logits, dtype=np.float64)
@@ -367,8 +394,8 @@ def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk
         calib = fit_seed_rule(logits, labels)
     else:
         calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score, search=search,
-                               energy_floor=energy_floor)
-    st = gate_stats(confidence_np(logits, calib), logits.argmax(1) == labels, calib["threshold"])
+                               energy_floor=energy_floor, novelty=novelty, novelty_ceiling=novelty_ceiling)
+    st = gate_stats(confidence_np(logits, calib, novelty), logits.argmax(1) == labels, calib["threshold"])
     calib["fit"] = {"n": len(labels), "coverage": st["coverage"], "selective_risk": st["selective_risk"],
                     **(split or {})}
     return {"schema_version": CALIBRATION_SCHEMA, **calib}

@@ -21,7 +21,8 @@ from . import __version__, gate, ood, report
 from .checkpoint import build_pipeline, load_checkpoint, save_checkpoint
 from .data import DataError, Dataset, load_idx_folder, read_csv, read_idx
 from .evaluate import evaluate_test
-from .train import TrainConfig, TrainResult, fit, predict_logits
+from .model import Novelty, fit_novelty
+from .train import TrainConfig, TrainResult, fit, predict_logits, predict_novelty
 
 LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "click", "matplotlib")
 OOD_PER_KIND = 10_000
@@ -100,11 +101,46 @@ def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     return predict_logits(model, x).double().numpy()
 
 
+@torch.no_grad()
+def _novelty(model: torch.nn.Module, images: np.ndarray) -> np.ndarray | None:
+    x = torch.from_numpy(np.ascontiguousarray(images).copy()).unsqueeze(1)
+    nov = predict_novelty(model, x)
+    return None if nov is None else nov.double().numpy()
+
+
+NOVELTY_SAMPLE = 10_000
+
+
+def add_novelty(ckpt: dict[str, Any], model: torch.nn.Module, train: Dataset, seed: int = 0) -> None:
+    """Fit the novelty basis on a seeded sample of the training images (never held-out ones)
+    and put it in the checkpoint and the model."""
+    pool = np.setdiff1d(np.arange(len(train)), np.asarray(ckpt["split"]["holdout_indices"]))
+    pick = np.sort(np.random.default_rng(seed).choice(pool, size=min(NOVELTY_SAMPLE, len(pool)), replace=False))
+    x = torch.from_numpy(train.images[pick].copy()).unsqueeze(1).float() / 255.0
+    basis = fit_novelty(model.pre.cpu(), x)
+    ckpt["novelty"] = {**basis, "components": int(basis["basis"].shape[1]), "fitted_on": len(pick)}
+    model.novelty = Novelty(basis["mean"], basis["basis"])
+
+
 # --------------------------------------------------------------------------- calibrate
+
+def _versus_seed_rule(rows: list[dict[str, Any]], conf: np.ndarray, correct: np.ndarray) -> dict[str, float] | None:
+    """The chosen score's test risk at the notebook rule's coverage, and its coverage at that
+    rule's risk: the score dominates the rule where the first is no higher and the second no lower."""
+    seed = next((r for r in rows if r.get("score") == "seed-minmax" and "test" in r), None)
+    if seed is None or not len(conf):
+        return None
+    cov, risk = gate.risk_coverage(conf, correct)
+    k = max(int(round(seed["test"]["coverage"] * len(conf))), 1)
+    within = np.flatnonzero(risk <= seed["test"]["selective_risk"])
+    return {"seed_coverage": seed["test"]["coverage"], "seed_selective_risk": seed["test"]["selective_risk"],
+            "risk_at_seed_coverage": float(risk[k - 1]),
+            "coverage_at_seed_risk": float(cov[within.max()]) if len(within) else 0.0}
+
 
 def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "guaranteed",
               score: str = gate.DEFAULT_SCORE, search: str = "ltt", target_risk: float = 0.002, delta: float = 0.05,
-              energy_floor: float = gate.DEFAULT_ENERGY_FLOOR,
+              energy_floor: float = gate.DEFAULT_ENERGY_FLOOR, novelty_ceiling: float = gate.DEFAULT_NOVELTY_CEILING,
               ood_images: np.ndarray | None = None, ood_name: str | None = None,
               split_info: dict[str, Any] | None = None, test_eval: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit the gate on ``holdout``; compare every method on ``test`` and OOD frames; write it all.
@@ -115,19 +151,21 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     ckpt_path = out_dir / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
     model = build_pipeline(ckpt)
-    lh = _logits(model, holdout.images)
+    lh, nh = _logits(model, holdout.images), _novelty(model, holdout.images)
     if test_eval is None:
         test_eval = evaluate_test(model, test)
-    lt, yt = test_eval["logits"], test.labels
+    lt, yt, nt = test_eval["logits"], test.labels, test_eval["novelty"]
     ok_t = lt.argmax(1) == yt
     ood_sets = {k: ood.generate(k, OOD_PER_KIND, seed=1, digits=test.images) for k in ood.KINDS}
     if ood_images is not None:
         ood_sets[f"user:{ood_name or 'dataset'}"] = ood_images
     ood_logits = {k: _logits(model, v) for k, v in ood_sets.items()}
+    ood_novelty = {k: _novelty(model, v) for k, v in ood_sets.items()}
 
     split = {"split": "holdout", "source": holdout.source, **(split_info or {})}
-    chosen = gate.fit_gate(method, lh, holdout.labels, target_risk=target_risk, delta=delta, score=score,
-                           search=search, energy_floor=energy_floor, split=split)
+    fit_options = dict(target_risk=target_risk, delta=delta, search=search, energy_floor=energy_floor,
+                       novelty=nh, novelty_ceiling=novelty_ceiling, split=split)
+    chosen = gate.fit_gate(method, lh, holdout.labels, score=score, **fit_options)
     rows = []
     candidates = [("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy"),
                   ("guaranteed", "msp-energy")]
@@ -138,20 +176,19 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     for m, s in candidates:
         try:
             c = chosen if (m, s) == (method, chosen["score"]) else gate.fit_gate(
-                m, lh, holdout.labels, target_risk=target_risk, delta=delta, score=s if s != "seed-minmax" else "msp",
-                search=search, energy_floor=energy_floor, split=split)
+                m, lh, holdout.labels, score=s if s != "seed-minmax" else "msp", **fit_options)
         except gate.GateError as e:
             rows.append({"method": m, "score": s, "error": str(e)})
             continue
         fitted[(m, s)] = c
-        conf = gate.confidence_np(lt, c)
+        conf = gate.confidence_np(lt, c, nt)
         st = gate.gate_stats(conf, ok_t, c["threshold"])
-        seed_conf = gate.confidence_np(test_eval["seed_logits"], c)
+        seed_conf = gate.confidence_np(test_eval["seed_logits"], c, test_eval["seed_novelty"])
         seed_ok = test_eval["seed_logits"].argmax(1) == yt
         row = {"method": m, "score": c["score"], "threshold": c["threshold"],
                "test": {**st, "aurc": gate.aurc(conf, ok_t)},
                "seed_protocol": gate.gate_stats(seed_conf, seed_ok, c["threshold"]),
-               "ood_acceptance": {k: float((gate.confidence_np(v, c) >= c["threshold"]).mean())
+               "ood_acceptance": {k: float((gate.confidence_np(v, c, ood_novelty[k]) >= c["threshold"]).mean())
                                   for k, v in ood_logits.items()},
                "chosen": (m, c["score"]) == (method, chosen["score"])}
         if "temperature" in c:
@@ -163,7 +200,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     t = chosen.get("temperature") or gate.fit_temperature(lh, holdout.labels)
     p_before = gate.softmax_np(lt).max(1)
     p_after = gate.softmax_np(lt, t).max(1)
-    conf_chosen = gate.confidence_np(lt, chosen)
+    conf_chosen = gate.confidence_np(lt, chosen, nt)
     st = gate.gate_stats(conf_chosen, ok_t, chosen["threshold"])
     gate_metrics = {
         "method": method, "score": chosen["score"], "threshold": chosen["threshold"],
@@ -172,6 +209,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
         "ece_15_bins": {"before_temperature": gate.ece(p_before, ok_t), "after_temperature": gate.ece(p_after, ok_t),
                         "temperature": t},
         "ood_acceptance": next((r["ood_acceptance"] for r in rows if r.get("chosen")), {}),
+        "versus_seed_rule": _versus_seed_rule(rows, conf_chosen, ok_t),
         "ood_seen_in_training": [k for k in OOD_SEEN_IN_TRAINING
                                  if (ckpt["train_config"].get("outlier_fraction") or 0) > 0],
         "comparison": rows,
@@ -204,6 +242,7 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
     """Train, evaluate on the test set, calibrate the gate and write the whole artifact."""
     result: TrainResult = fit(cfg, train_ds, out_dir, resume=resume, **callbacks)
     ckpt = result.checkpoint
+    add_novelty(ckpt, result.model, train_ds, cfg.seed)
     save_checkpoint(out_dir / "checkpoint.pt", ckpt)
     test_eval = evaluate_test(result.model, test_ds)
     metrics: dict[str, Any] = {

@@ -7,9 +7,11 @@ plain ``nn.Module``s so that export puts them inside the ONNX graph.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ARCHITECTURES = ("lenet5", "lenet5-classic")
@@ -43,9 +45,18 @@ class PreprocessConfig:
     # "auto": an image whose mean pixel is above 0.5 (light paper, dark ink) is inverted
     # first, so the network only ever sees light-on-dark digits. "none": as the notebook.
     polarity: str = "auto"
+    # Test-time views: the frame is also classified rotated by each of these angles (degrees)
+    # and the logits of all views are averaged. Empty: the frame alone, as trained.
+    view_rotations: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Checkpoints and JSON give lists; a tuple keeps the config hashable and comparable.
+        object.__setattr__(self, "view_rotations", tuple(float(a) for a in self.view_rotations))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["view_rotations"] = list(self.view_rotations)
+        return d
 
 
 class Preprocess(nn.Module):
@@ -65,6 +76,55 @@ class Preprocess(nn.Module):
             dark_on_light = x.mean(dim=(1, 2, 3), keepdim=True) > 0.5
             x = torch.where(dark_on_light, 1.0 - x, x)
         return (x - self.cfg.mean) / self.cfg.std
+
+
+MAX_VIEW_ROTATION = 45.0
+MAX_VIEWS = 8
+
+
+class Views(nn.Module):
+    """Test-time views of a normalised batch: the frames as given plus rotated copies.
+
+    :meth:`expand` stacks the views along the batch axis (view-major) so the network runs
+    once; :meth:`combine` averages their logits. Rotation is bilinear with the background
+    (pixel 0 after polarity handling) filled in, as the training augmentation fills it.
+    The sampling grids are constants, so an exported graph holds them as initialisers.
+    """
+
+    def __init__(self, rotations: tuple[float, ...], background: float) -> None:
+        super().__init__()
+        if len(rotations) > MAX_VIEWS:
+            raise ValueError(f"{len(rotations)} view rotations: expected at most {MAX_VIEWS}")
+        for a in rotations:
+            if not (math.isfinite(a) and abs(a) <= MAX_VIEW_ROTATION and a != 0.0):
+                raise ValueError(f"view rotation {a}: expected non-zero degrees in "
+                                 f"[-{MAX_VIEW_ROTATION:g}, {MAX_VIEW_ROTATION:g}]")
+        self.count = len(rotations) + 1
+        self.background = float(background)
+        thetas = []
+        for a in rotations:
+            r = math.radians(a)
+            thetas.append([[math.cos(r), -math.sin(r), 0.0], [math.sin(r), math.cos(r), 0.0]])
+        grids = (F.affine_grid(torch.tensor(thetas, dtype=torch.float32), [len(thetas), 1, 28, 28], align_corners=False)
+                 if thetas else torch.zeros(0, 28, 28, 2))
+        self.register_buffer("grids", grids, persistent=False)
+
+    def expand(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, 28, 28)`` -> ``(V * N, 1, 28, 28)``, the frames themselves first."""
+        if self.count == 1:
+            return x
+        shifted = x - self.background  # so grid_sample's zero fill is the background
+        n = x.shape[0]
+        views = [x] + [F.grid_sample(shifted, g.unsqueeze(0).expand(n, -1, -1, -1), mode="bilinear",
+                                     padding_mode="zeros", align_corners=False) + self.background
+                       for g in self.grids]
+        return torch.cat(views, dim=0)
+
+    def combine(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(V * N, C)`` -> ``(N, C)``: the mean logits over the views."""
+        if self.count == 1:
+            return logits
+        return logits.reshape(self.count, -1, logits.shape[-1]).mean(dim=0)
 
 
 class LeNet(nn.Module):
@@ -90,16 +150,54 @@ class LeNet(nn.Module):
         return self.head(self.features(x))
 
 
+class Novelty(nn.Module):
+    """How unlike the training frames a frame is: the RMS residual of its normalised pixels
+    after projection onto the leading principal components of the training frames.
+
+    The network's scores can be confident on large bright shapes (clothing, say) that look
+    like no digit; such frames lie far from the digits' principal subspace. Two matrix
+    products, so it runs inside every exported graph.
+    """
+
+    def __init__(self, mean: torch.Tensor, basis: torch.Tensor) -> None:
+        super().__init__()
+        if mean.ndim != 1 or basis.ndim != 2 or basis.shape[0] != mean.shape[0]:
+            raise ValueError(f"novelty mean {list(mean.shape)} and basis {list(basis.shape)}: expected [D] and [D, K]")
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("basis", basis.float())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised frames ``(N, 1, H, W)`` -> residual ``(N,)``."""
+        z = x.flatten(1) - self.mean
+        r = z - (z @ self.basis) @ self.basis.T
+        return r.square().mean(dim=1).sqrt()
+
+
+def fit_novelty(pre: nn.Module, images01: torch.Tensor, components: int = 48) -> dict[str, torch.Tensor]:
+    """Principal components of the normalised ``images01`` ``(N, 1, H, W)`` in [0, 1], for :class:`Novelty`."""
+    with torch.no_grad():
+        z = pre(images01).flatten(1).double()
+    mean = z.mean(0)
+    _, _, vt = torch.linalg.svd(z - mean, full_matrices=False)
+    return {"mean": mean.float(), "basis": vt[:components].T.contiguous().float()}
+
+
 class Pipeline(nn.Module):
-    """Preprocess + network: [0, 1] pixels in, logits out."""
+    """Preprocess + network (+ test-time views): [0, 1] pixels in, logits out."""
 
     def __init__(self, arch: ArchConfig, pre: PreprocessConfig) -> None:
         super().__init__()
         self.pre = Preprocess(pre)
+        self.views = Views(pre.view_rotations, background=(0.0 - pre.mean) / pre.std)
         self.net = LeNet(arch)
+        self.novelty: Novelty | None = None  # set from the checkpoint once fitted after training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.pre(x))
+        return self.views.combine(self.net(self.views.expand(self.pre(x))))
+
+    def novelty_score(self, x: torch.Tensor) -> torch.Tensor | None:
+        """:class:`Novelty` residual of [0, 1] frames, or None when the model has none."""
+        return None if self.novelty is None else self.novelty(self.pre(x))
 
 
 def count_parameters(model: nn.Module) -> int:
