@@ -50,8 +50,11 @@ def load_calibrated(artifact: Path) -> tuple[dict[str, Any], str, torch.nn.Modul
     return ckpt, sha256_file(path), build_pipeline(ckpt)
 
 
+CHUNK = 256  # frames per run when validating
+
+
 @torch.no_grad()
-def torch_reference(model: GatedModel, images: np.ndarray, batch: int = 2048) -> dict[str, np.ndarray]:
+def torch_reference(model: GatedModel, images: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]:
     """The four outputs of the PyTorch graph for uint8 ``(N, 1, 28, 28)`` images."""
     model.eval()
     outs: list[tuple[torch.Tensor, ...]] = []
@@ -94,7 +97,9 @@ def run_onnx(path: Path, images: np.ndarray, threads: int | None = None) -> dict
     from runtime.backends.ort import OnnxRuntimeBackend
 
     backend = OnnxRuntimeBackend(path, providers=["CPUExecutionProvider"], threads=threads)
-    parts = [backend.run(np.ascontiguousarray(images[i:i + 2048])) for i in range(0, len(images), 2048)]
+    # Chunks of a few hundred frames: with the test-time views the network sees five times as
+    # many, and ONNX Runtime ran 10,000 frames 2.5x faster in chunks of 256 than of 4096.
+    parts = [backend.run(np.ascontiguousarray(images[i:i + CHUNK])) for i in range(0, len(images), CHUNK)]
     return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
 
 

@@ -332,7 +332,9 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float
     The held-out data is split once (by default 10%/90%): ``score_fit_fraction`` of it fits the score (the
     temperature, and for energy/max-logit the squashing constants) and, for ``ltt``, the
     grid of candidate thresholds; the rest certifies the threshold. The score is so fixed
-    before the certifying data is looked at, as the guarantee requires.
+    before the certifying data is looked at, as the guarantee requires. For ``msp-energy``
+    the energy floor and (given the frames' ``novelty`` residuals) the novelty ceiling are
+    percentiles of the score-fitting part too.
     """
     _check_risk_delta(target_risk, delta)
     if score not in SCORES:

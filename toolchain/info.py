@@ -67,7 +67,8 @@ def describe_onnx(path: Path) -> tuple[dict[str, Any], str]:
         f"{path}: ONNX, opset {obj['opset']}, precision {meta['precision']}, {len(proto.graph.node)} nodes",
         "inputs: " + "; ".join(f"{i['name']} {i['dtype']} {i['shape']}" for i in ins),
         "outputs: " + "; ".join(f"{o['name']} {o['dtype']} {o['shape']}" for o in outs),
-        f"preprocessing: {json.dumps({k: meta['preprocessing'][k] for k in ('mean', 'std', 'polarity')})}",
+        "preprocessing: " + json.dumps({k: meta["preprocessing"].get(k)
+                                        for k in ("mean", "std", "polarity", "view_rotations")}),
         _gate_line(meta["gate"]),
         f"provenance: lenet-tool {meta['provenance']['tool_version']}, checkpoint "
         f"{meta['provenance']['checkpoint_sha256'][:16]}..., dataset {str(meta['provenance']['dataset_sha256'])[:16]}...",

@@ -86,12 +86,14 @@ class Views(nn.Module):
     """Test-time views of a normalised batch: the frames as given plus rotated copies.
 
     :meth:`expand` stacks the views along the batch axis (view-major) so the network runs
-    once; :meth:`combine` averages their logits. Rotation is bilinear with the background
-    (pixel 0 after polarity handling) filled in, as the training augmentation fills it.
-    The sampling grids are constants, so an exported graph holds them as initialisers.
+    once; :meth:`combine` averages their logits. Rotation is bilinear (``grid_sample``'s,
+    align_corners=False) with the background (pixel 0 after polarity handling) filled in, as
+    the training augmentation fills it. Each rotated pixel is a fixed blend of at most four
+    source pixels, so the rotation is precomputed as tap indices and weights: one gather and a
+    weighted sum, which runs several times faster in ONNX Runtime than its GridSample.
     """
 
-    def __init__(self, rotations: tuple[float, ...], background: float) -> None:
+    def __init__(self, rotations: tuple[float, ...], background: float, size: int = 28) -> None:
         super().__init__()
         if len(rotations) > MAX_VIEWS:
             raise ValueError(f"{len(rotations)} view rotations: expected at most {MAX_VIEWS}")
@@ -100,25 +102,44 @@ class Views(nn.Module):
                 raise ValueError(f"view rotation {a}: expected non-zero degrees in "
                                  f"[-{MAX_VIEW_ROTATION:g}, {MAX_VIEW_ROTATION:g}]")
         self.count = len(rotations) + 1
+        self.size = size
         self.background = float(background)
-        thetas = []
-        for a in rotations:
-            r = math.radians(a)
-            thetas.append([[math.cos(r), -math.sin(r), 0.0], [math.sin(r), math.cos(r), 0.0]])
-        grids = (F.affine_grid(torch.tensor(thetas, dtype=torch.float32), [len(thetas), 1, 28, 28], align_corners=False)
-                 if thetas else torch.zeros(0, 28, 28, 2))
-        self.register_buffer("grids", grids, persistent=False)
+        index, weight = self._taps(rotations, size)
+        self.register_buffer("index", index, persistent=False)    # (V * 4 * size * size,)
+        self.register_buffer("weight", weight, persistent=False)  # (V, 4, size * size)
+
+    @staticmethod
+    def _taps(rotations: tuple[float, ...], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Source pixel indices and bilinear weights of each rotated pixel; taps that fall
+        outside the frame point at an extra zero pixel (index ``size * size``)."""
+        if not rotations:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, size * size)
+        thetas = [[[math.cos(math.radians(a)), -math.sin(math.radians(a)), 0.0],
+                   [math.sin(math.radians(a)), math.cos(math.radians(a)), 0.0]] for a in rotations]
+        grid = F.affine_grid(torch.tensor(thetas, dtype=torch.float64), [len(thetas), 1, size, size],
+                             align_corners=False).reshape(len(thetas), -1, 2)
+        ix, iy = ((grid[..., 0] + 1) * size - 1) / 2, ((grid[..., 1] + 1) * size - 1) / 2
+        x0, y0 = ix.floor(), iy.floor()
+        index, weight = [], []
+        for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+            xs, ys = x0 + dx, y0 + dy
+            w = (1 - (ix - xs).abs()) * (1 - (iy - ys).abs())
+            inside = (xs >= 0) & (xs < size) & (ys >= 0) & (ys < size)
+            index.append(torch.where(inside, ys * size + xs, torch.full_like(xs, size * size)).long())
+            weight.append(torch.where(inside, w, torch.zeros_like(w)))
+        return torch.stack(index, 1).reshape(-1), torch.stack(weight, 1).float()
 
     def expand(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, 28, 28)`` -> ``(V * N, 1, 28, 28)``, the frames themselves first."""
+        """``(N, 1, H, W)`` -> ``(V * N, 1, H, W)``, the frames themselves first."""
         if self.count == 1:
             return x
-        shifted = x - self.background  # so grid_sample's zero fill is the background
-        n = x.shape[0]
-        views = [x] + [F.grid_sample(shifted, g.unsqueeze(0).expand(n, -1, -1, -1), mode="bilinear",
-                                     padding_mode="zeros", align_corners=False) + self.background
-                       for g in self.grids]
-        return torch.cat(views, dim=0)
+        n, pixels = x.shape[0], self.size * self.size
+        shifted = x.reshape(n, pixels) - self.background  # so a tap outside the frame reads the background
+        padded = torch.cat([shifted, torch.zeros_like(shifted[:, :1])], dim=1)
+        taps = padded.index_select(1, self.index).reshape(n, self.count - 1, 4, pixels)
+        rotated = (taps * self.weight).sum(dim=2) + self.background  # (N, V - 1, pixels)
+        rotated = rotated.transpose(0, 1).reshape((self.count - 1) * n, 1, self.size, self.size)
+        return torch.cat([x, rotated], dim=0)
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
         """``(V * N, C)`` -> ``(N, C)``: the mean logits over the views."""

@@ -48,7 +48,7 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
     one comparison report per image set (see :func:`exporters.validate.compare`).
     """
     from exporters.graph import GatedModel
-    from exporters.onnx_export import load_calibrated, torch_reference
+    from exporters.onnx_export import CHUNK, load_calibrated, torch_reference
     from exporters.validate import TOLERANCES, ValidationError, compare
     from runtime import BackendUnavailable, Classifier
 
@@ -82,7 +82,7 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
         tol = (tolerances or {}).get(precision) or TOLERANCES.get(precision, TOLERANCES["fp32"])
         entry.update(backend=clf.backend, providers=clf.providers, precision=precision)
         for name, (imgs, labels) in sets.items():
-            preds = [clf.predict(imgs[i:i + 4096]) for i in range(0, len(imgs), 4096)]
+            preds = [clf.predict(imgs[i:i + CHUNK]) for i in range(0, len(imgs), CHUNK)]
             got = {"logits": np.concatenate([p.logits for p in preds]),
                    "confidence": np.concatenate([p.confidences for p in preds]),
                    "label": np.concatenate([p.labels for p in preds]),
