@@ -25,7 +25,7 @@ from . import __version__
 from .augment import augment, make_outliers
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import Dataset
-from .model import MAX_VIEW_ROTATION, MAX_VIEWS, ArchConfig, Pipeline, PreprocessConfig
+from .model import ArchConfig, Pipeline, PreprocessConfig, check_view_rotations
 
 
 @dataclass(frozen=True)
@@ -111,15 +111,11 @@ def validate_config(cfg: TrainConfig) -> None:
         (cfg.polarity in ("auto", "none"), f"polarity {cfg.polarity!r}: expected 'auto' or 'none'"),
         (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:"),
          f"device {cfg.device!r}: expected auto, cpu or cuda"),
-        (len(cfg.view_rotations) <= MAX_VIEWS,
-         f"{len(cfg.view_rotations)} view rotations: expected at most {MAX_VIEWS}"),
     ]
-    for a in cfg.view_rotations:
-        checks.append((math.isfinite(a) and 0.0 < abs(a) <= MAX_VIEW_ROTATION,
-                       f"view rotation {a}: expected non-zero degrees in [-{MAX_VIEW_ROTATION:g}, {MAX_VIEW_ROTATION:g}]"))
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    check_view_rotations(cfg.view_rotations)
     from .model import ARCHITECTURES
     if cfg.arch not in ARCHITECTURES:
         raise ValueError(f"architecture {cfg.arch!r}: expected one of {', '.join(ARCHITECTURES)}")
