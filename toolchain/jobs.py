@@ -96,16 +96,11 @@ def holdout_from_checkpoint(ckpt: dict[str, Any], train: Dataset, where: str) ->
 
 
 @torch.no_grad()
-def _logits(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(images).copy()).unsqueeze(1)
-    return predict_logits(model, x).double().numpy()
-
-
-@torch.no_grad()
-def _novelty(model: torch.nn.Module, images: np.ndarray) -> np.ndarray | None:
+def _outputs(model: torch.nn.Module, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits and novelty residuals (None without a novelty basis) of uint8 ``(N, 28, 28)`` images."""
     x = torch.from_numpy(np.ascontiguousarray(images).copy()).unsqueeze(1)
     nov = predict_novelty(model, x)
-    return None if nov is None else nov.double().numpy()
+    return predict_logits(model, x).double().numpy(), None if nov is None else nov.double().numpy()
 
 
 NOVELTY_SAMPLE = 10_000
@@ -151,7 +146,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     ckpt_path = out_dir / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
     model = build_pipeline(ckpt)
-    lh, nh = _logits(model, holdout.images), _novelty(model, holdout.images)
+    lh, nh = _outputs(model, holdout.images)
     if test_eval is None:
         test_eval = evaluate_test(model, test)
     lt, yt, nt = test_eval["logits"], test.labels, test_eval["novelty"]
@@ -159,8 +154,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     ood_sets = {k: ood.generate(k, OOD_PER_KIND, seed=1, digits=test.images) for k in ood.KINDS}
     if ood_images is not None:
         ood_sets[f"user:{ood_name or 'dataset'}"] = ood_images
-    ood_logits = {k: _logits(model, v) for k, v in ood_sets.items()}
-    ood_novelty = {k: _novelty(model, v) for k, v in ood_sets.items()}
+    ood_outputs = {k: _outputs(model, v) for k, v in ood_sets.items()}
 
     split = {"split": "holdout", "source": holdout.source, **(split_info or {})}
     fit_options = dict(target_risk=target_risk, delta=delta, search=search, energy_floor=energy_floor,
@@ -188,8 +182,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
         row = {"method": m, "score": c["score"], "threshold": c["threshold"],
                "test": {**st, "aurc": gate.aurc(conf, ok_t)},
                "seed_protocol": gate.gate_stats(seed_conf, seed_ok, c["threshold"]),
-               "ood_acceptance": {k: float((gate.confidence_np(v, c, ood_novelty[k]) >= c["threshold"]).mean())
-                                  for k, v in ood_logits.items()},
+               "ood_acceptance": {k: float((gate.confidence_np(lo, c, no) >= c["threshold"]).mean())
+                                  for k, (lo, no) in ood_outputs.items()},
                "chosen": (m, c["score"]) == (method, chosen["score"])}
         if "temperature" in c:
             row["temperature"] = c["temperature"]

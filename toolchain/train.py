@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -168,16 +168,19 @@ def to_device_tensors(images: np.ndarray, labels: np.ndarray, device: torch.devi
     return x, y
 
 
+def _float_batches(x: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+    """``x`` in slices of ``batch``, uint8 scaled to [0, 1] floats (floats pass as they are)."""
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        yield xb.float() / 255.0 if xb.dtype == torch.uint8 else xb
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, x: torch.Tensor, batch: int = 4096) -> torch.Tensor:
     """Logits for uint8 images (or [0, 1] floats) ``(N, 1, 28, 28)``, in eval mode."""
     was_training = model.training
     model.eval()
-    out = []
-    for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch]
-        xb = xb.float() / 255.0 if xb.dtype == torch.uint8 else xb
-        out.append(model(xb).float())
+    out = [model(xb).float() for xb in _float_batches(x, batch)]
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, 10, device=x.device)
 
@@ -187,10 +190,7 @@ def predict_novelty(model: torch.nn.Module, x: torch.Tensor, batch: int = 4096) 
     """Novelty residuals for uint8 images (or [0, 1] floats), or None when the model has no novelty basis."""
     if getattr(model, "novelty", None) is None:
         return None
-    out = []
-    for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch]
-        out.append(model.novelty_score(xb.float() / 255.0 if xb.dtype == torch.uint8 else xb).float())
+    out = [model.novelty_score(xb).float() for xb in _float_batches(x, batch)]
     return torch.cat(out) if out else torch.empty(0, device=x.device)
 
 
