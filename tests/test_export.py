@@ -95,7 +95,7 @@ def test_metadata_round_trip(exported):
     assert meta["provenance"]["opset"] == 17 and meta["class_names"] == [str(i) for i in range(10)]
     assert meta["input"]["dtype"] == "uint8" and meta["precision"] == "fp32"
     assert meta["preprocessing"]["polarity"] == "auto"
-    assert meta["preprocessing"]["view_rotations"] == [-15.0, -7.5, 7.5, 15.0]  # the views are in the graph
+    assert meta["preprocessing"]["view_rotations"] == [-15.0, 15.0]  # the views are in the graph
 
 
 def test_int8_and_fp16_close_to_fp32(exported, mnist_test):

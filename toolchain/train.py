@@ -53,7 +53,9 @@ class TrainConfig:
     polarity: str = "auto"
     # Test-time views (degrees): the kept model averages its logits over the frame and these
     # rotations of it. Training and model selection see single frames.
-    view_rotations: tuple[float, ...] = (-15.0, -7.5, 7.5, 15.0)
+    # Two views (+-15) certify as much coverage as four (+-7.5, +-15) did over three models, at
+    # three network passes instead of five: that keeps batch-1 inference >= 5x PyTorch eager.
+    view_rotations: tuple[float, ...] = (-15.0, 15.0)
     holdout_fraction: float = 0.2
     seed: int = 0
     deterministic: bool = False
