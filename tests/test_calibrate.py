@@ -89,6 +89,46 @@ def test_text_report_is_a_side_by_side_table(artifact, setup, tmp_path):
     r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1")
     assert r.exit_code == 0, r.output
     assert "Gate comparison" in r.output and "ECE (15 bins)" in r.output and " *" in r.output
+    assert "Held-out frames accepted but labelled otherwise: " in r.output
+
+
+def test_accepted_errors_are_listed_most_sure_first():
+    import numpy as np
+
+    from toolchain import jobs
+    logits = np.array([[5.0, 0, 0], [0, 9.0, 0], [0, 0, 1.0], [7.0, 0, 0], [0, 6.0, 0]])
+    labels = np.array([0, 2, 1, 1, 0])  # wrong: frames 1 (sure), 2 (unsure), 3, 4
+    calib = {"score": "msp", "temperature": 1.0, "threshold": 0.9}
+    rows = jobs.accepted_errors(calib, logits, labels, None, rows=np.array([10, 11, 12, 13, 14]))
+    # frame 2 (score 0.58) is refused, so it is no accepted error; the others come most sure first
+    assert [(r["holdout_index"], r["training_row"], r["label"], r["predicted"]) for r in rows] == \
+        [(1, 11, 2, 1), (3, 13, 1, 0), (4, 14, 0, 1)]
+    assert rows[0]["confidence"] > rows[1]["confidence"] > rows[2]["confidence"] > 0.9
+    assert "training_row" not in jobs.accepted_errors(calib, logits, labels, None)[0]
+
+
+def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path):
+    import numpy as np
+
+    from toolchain import gate
+    from toolchain.checkpoint import build_pipeline
+    from toolchain.data import read_csv
+    from toolchain.jobs import _outputs
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1", "--json")
+    assert r.exit_code == 0, r.output
+    errs = json.loads(r.output)["accepted_holdout_errors"]
+    ckpt = load_checkpoint(art / "checkpoint.pt")
+    train = read_csv(setup / "train.csv")
+    rows = np.asarray(ckpt["split"]["holdout_indices"])
+    logits, novelty = _outputs(build_pipeline(ckpt), train.images[rows])
+    conf = gate.confidence_np(logits, ckpt["calibration"], novelty)
+    wrong = (conf >= ckpt["calibration"]["threshold"]) & (logits.argmax(1) != train.labels[rows])
+    assert len(errs) == int(wrong.sum()) > 0
+    for e in errs:
+        assert e["training_row"] == rows[e["holdout_index"]] and train.labels[e["training_row"]] == e["label"]
+    assert (art / "report" / "gate_accepted_errors.png").stat().st_size > 1000
 
 
 def test_cannot_certify_exits_1(artifact, setup, tmp_path):

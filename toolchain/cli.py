@@ -142,7 +142,7 @@ def _parse_rotations(text: str | None) -> tuple[float, ...] | None:
               help="'auto' inverts dark-on-light frames in the graph itself (default: the recipe's).")
 @click.option("--view-rotations", default=None, metavar="DEG,DEG,...|none",
               help="Test-time views: the kept model averages its logits over the frame and these rotations "
-                   "of it, in the graph too (default: the recipe's; -15,-7.5,7.5,15 for 'default').")
+                   "of it, in the graph too (default: the recipe's; -15,15 for 'default').")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N; data stays resident there.")
 @click.option("--seed", type=int, default=0, help="Seed of the split, initialisation and augmentation.")
 @click.option("--deterministic", is_flag=True, help="Use deterministic algorithms only (slower on CUDA).")
@@ -258,16 +258,18 @@ def calibrate(artifact: Path, method: str, target_risk: float, delta: float, sco
     if holdout_csv or holdout_idx:
         holdout = load_dataset(csv=holdout_csv, idx_dir=holdout_idx, split="train")
         split_info = {"split": "user", "dataset_sha256": holdout.sha256}
+        rows = None
         test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
     else:
         train_ds, test = load_splits(train_csv, test_csv, idx_dir)
         holdout = jobs.holdout_from_checkpoint(ckpt, train_ds, str(ckpt_path))
         split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
+        rows = ckpt["split"]["holdout_indices"]
     ood_images = jobs.load_ood_images(ood_data) if ood_data else None
     g = jobs.calibrate(artifact, holdout=holdout, test=test, method=method, score=score, search=search,
                        target_risk=target_risk, delta=delta, energy_floor=energy_floor,
                        novelty_ceiling=novelty_ceiling, ood_images=ood_images,
-                       ood_name=str(ood_data) if ood_data else None, split_info=split_info)
+                       ood_name=str(ood_data) if ood_data else None, split_info=split_info, holdout_rows=rows)
     _emit(as_json, g, format_gate_table(g))
 
 
@@ -293,6 +295,11 @@ def format_gate_table(g: dict[str, Any]) -> str:
         lines.append(f"Against the notebook's rule: at its coverage ({100 * v['seed_coverage']:.2f}%) the gate's score "
                      f"errs on {100 * v['risk_at_seed_coverage']:.3f}% (rule: {100 * v['seed_selective_risk']:.3f}%); "
                      f"at its risk the score covers {100 * v['coverage_at_seed_risk']:.2f}%")
+    errs = g.get("accepted_holdout_errors")
+    if errs is not None:
+        lines.append(f"Held-out frames accepted but labelled otherwise: {len(errs)}, most sure first (given label -> "
+                     "model's): " + ", ".join(f"{r['label']}->{r['predicted']}" for r in errs[:12]) +
+                     (" ..." if len(errs) > 12 else "") + " (report/gate_accepted_errors.png)")
     return "\n".join(lines)
 
 

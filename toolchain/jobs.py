@@ -133,12 +133,30 @@ def _versus_seed_rule(rows: list[dict[str, Any]], conf: np.ndarray, correct: np.
             "coverage_at_seed_risk": float(cov[within.max()]) if len(within) else 0.0}
 
 
+def accepted_errors(calib: dict[str, Any], logits: np.ndarray, labels: np.ndarray, novelty: np.ndarray | None,
+                    rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Held-out frames the gate accepts but labels differently, most confident first.
+
+    ``rows``: each held-out frame's row in the training file (reported so it can be looked at).
+    """
+    conf = gate.confidence_np(logits, calib, novelty)
+    pred = logits.argmax(1)
+    bad = np.flatnonzero((conf >= calib["threshold"]) & (pred != labels))
+    bad = bad[np.argsort(-conf[bad], kind="stable")]
+    return [{"holdout_index": int(i), **({"training_row": int(rows[i])} if rows is not None else {}),
+             "label": int(labels[i]), "predicted": int(pred[i]), "confidence": float(conf[i])} for i in bad]
+
+
 def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "guaranteed",
               score: str = gate.DEFAULT_SCORE, search: str = "ltt", target_risk: float = 0.002, delta: float = 0.05,
               energy_floor: float = gate.DEFAULT_ENERGY_FLOOR, novelty_ceiling: float = gate.DEFAULT_NOVELTY_CEILING,
               ood_images: np.ndarray | None = None, ood_name: str | None = None,
-              split_info: dict[str, Any] | None = None, test_eval: dict[str, Any] | None = None) -> dict[str, Any]:
+              split_info: dict[str, Any] | None = None, test_eval: dict[str, Any] | None = None,
+              holdout_rows: np.ndarray | None = None) -> dict[str, Any]:
     """Fit the gate on ``holdout``; compare every method on ``test`` and OOD frames; write it all.
+
+    ``holdout_rows``: the held-out frames' rows in the training file, to name the accepted
+    held-out errors by (the checkpoint's split has them; user-given held-out data does not).
 
     Updates ``calibration.json``, the checkpoint's ``calibration``, ``metrics.json``'s
     ``gate`` section, the gate plots and the manifest.
@@ -196,6 +214,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     p_after = gate.softmax_np(lt, t).max(1)
     conf_chosen = gate.confidence_np(lt, chosen, nt)
     st = gate.gate_stats(conf_chosen, ok_t, chosen["threshold"])
+    held_errors = accepted_errors(chosen, lh, holdout.labels, nh,
+                                  None if holdout_rows is None else np.asarray(holdout_rows))
     gate_metrics = {
         "method": method, "score": chosen["score"], "threshold": chosen["threshold"],
         "target_risk": chosen.get("target_risk"), "delta": chosen.get("delta"),
@@ -204,6 +224,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
                         "temperature": t},
         "ood_acceptance": next((r["ood_acceptance"] for r in rows if r.get("chosen")), {}),
         "versus_seed_rule": _versus_seed_rule(rows, conf_chosen, ok_t),
+        # Where the certified risk goes: on MNIST most are frames whose given label is wrong.
+        "accepted_holdout_errors": held_errors,
         "ood_seen_in_training": [k for k in OOD_SEEN_IN_TRAINING
                                  if (ckpt["train_config"].get("outlier_fraction") or 0) > 0],
         "comparison": rows,
@@ -215,6 +237,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     if seed_rule is not None:  # absent only when the held-out data has no wrong prediction to fit it on
         report.score_histogram(gate.confidence_np(lt, seed_rule), ok_t, seed_rule["threshold"],
                                "notebook's rule (seed-minmax), test set", rdir / "gate_scores_seed.png")
+    report.accepted_errors(holdout.images[[r["holdout_index"] for r in held_errors]], held_errors,
+                           "Held-out frames the gate accepts but gets wrong", rdir / "gate_accepted_errors.png")
     report.risk_coverage_plot(curves, chosen.get("target_risk"), rdir / "risk_coverage.png")
     report.reliability(p_before, p_after, ok_t, rdir / "reliability.png")
 
@@ -257,5 +281,6 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
     holdout = holdout_from_checkpoint(ckpt, train_ds, str(out_dir / "checkpoint.pt"))
     opts = dict(gate_options or {})
     metrics["gate"] = calibrate(out_dir, holdout=holdout, test=test_ds, ood_images=ood_images, ood_name=ood_name,
-                                test_eval=test_eval, **opts)
+                                test_eval=test_eval, holdout_rows=np.asarray(ckpt["split"]["holdout_indices"]),
+                                **opts)
     return json.loads(json.dumps(read_metrics(out_dir)))

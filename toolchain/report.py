@@ -123,3 +123,20 @@ def reliability(probs_before: np.ndarray, probs_after: np.ndarray, correct: np.n
     ax.set_title("Reliability, test set, 15 bins")
     ax.legend()
     _save(fig, path)
+
+
+def accepted_errors(images: np.ndarray, rows: list[dict[str, Any]], title: str, path: Path, limit: int = 24) -> None:
+    """Frames the gate accepts yet labels differently from their given label, most confident
+    first: where the certified risk is spent (on MNIST, mostly frames whose label is wrong)."""
+    n = min(limit, len(rows))
+    cols = min(n, 12) or 1
+    lines = max(1, -(-n // cols))
+    fig, axes = plt.subplots(lines, cols, figsize=(cols * 1.0, lines * 1.25), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, img, r in zip(axes.ravel(), images[:n], rows[:n]):
+        ax.imshow(img.reshape(28, 28), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{r['label']}->{r['predicted']}\n{r['confidence']:.3f}", fontsize=7)
+    fig.suptitle(f"{title} (given label -> model's, gate score)" if n else f"{title}: none", fontsize=9,
+                 y=1.0 + 0.12 / lines)
+    _save(fig, path)
