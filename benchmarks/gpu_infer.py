@@ -2,8 +2,9 @@
 
     PYTHONPATH=. python3 benchmarks/gpu_infer.py [--batches 1024 16384 65536]
 
-Uses a freshly initialised LeNet (throughput does not depend on the weights) unless --checkpoint
-names a trained artifact folder. Compared in the same run with the same model on the CPU.
+Uses a freshly initialised LeNet with the default recipe's test-time views (throughput does
+not depend on the weights) unless --checkpoint names a trained artifact folder. Compared in
+the same run with the same model on the CPU.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporters.graph import GatedModel
 from toolchain.model import ArchConfig, Pipeline, PreprocessConfig
+from toolchain.train import make_config
 
 
 def throughput(model: torch.nn.Module, device: torch.device, batch: int, seconds: float = 1.0) -> float:
@@ -49,7 +51,8 @@ def main() -> None:
         ckpt, _, pipe = load_calibrated(args.checkpoint)
         calib = ckpt["calibration"]
     else:
-        pipe = Pipeline(ArchConfig(), PreprocessConfig())
+        # The default recipe's test-time views are part of the graph a device runs.
+        pipe = Pipeline(ArchConfig(), PreprocessConfig(view_rotations=make_config().view_rotations))
         calib = {"score": "msp", "temperature": 1.0, "threshold": 0.9}
     rows = []
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

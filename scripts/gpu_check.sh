@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # One-call GPU check for the lent H100 (stock PyTorch image, no pip): CUDA tests, training on
-# CUDA with time to accuracy, and GPU inference throughput; a short table comes last.
+# CUDA with time to accuracy, GPU inference throughput and (unless GATE_RUNS=0) the gate of the
+# default recipe trained on CUDA over seeds; a short table comes last.
 # Run from the repository root:  bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH=. PYTHONUNBUFFERED=1 MPLBACKEND=Agg
-OUT=${OUT:-/tmp}
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
 echo "== CUDA tests"
 if python3 -c "import pytest" 2>/dev/null; then
-  python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py 2>&1 | tail -5
+  python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_cuda.py --junitxml "$OUT/gpu_tests.xml" 2>&1 | tail -5
 else
-  python3 tests/test_cuda.py 2>&1 | tail -5   # the stock image has no pytest
+  python3 tests/test_cuda.py --json "$OUT/gpu_tests.json" 2>&1 | tail -5   # the stock image has no pytest
 fi
 echo "== training on CUDA (default recipe, and batch 1024)"
 python3 benchmarks/train_bench.py --device cuda --only default --only large-batch --json "$OUT/gpu_train.json" 2>&1 | tail -4
 echo "== inference throughput on CUDA"
 python3 benchmarks/gpu_infer.py --json "$OUT/gpu_infer.json" 2>&1 | tail -8
+if [ "${GATE_RUNS:-3}" != 0 ]; then
+  echo "== the gate of the default recipe, trained on CUDA, seeds 0..$(( ${GATE_RUNS:-3} - 1 ))"
+  # Bounded, so the summary always prints; the JSON keeps every seed finished in time.
+  timeout "${GATE_TIMEOUT:-240}" python3 benchmarks/gate_seeds.py --device cuda --seeds "${GATE_RUNS:-3}" --json "$OUT/gpu_gate.json" 2>&1 | tail -6
+fi
+python3 benchmarks/gpu_summary.py "$OUT"

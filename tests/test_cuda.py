@@ -29,9 +29,15 @@ def test_gated_graph_same_on_cuda_and_cpu(artifact, mnist_test):
     x = torch.from_numpy(mnist_test.images[:2000, None].copy())
     with torch.inference_mode():
         cpu = model(x)
-        gpu = [t.cpu() for t in model.cuda()(x.cuda())]
-    assert np.abs(cpu[0].numpy() - gpu[0].numpy()).max() < 1e-3
-    assert (cpu[2] == gpu[2]).float().mean() > 0.999
+        gpu = [t.cpu() for t in model.cuda()(x.cuda())]  # cuDNN's default: TF32 convolutions on Ampere and later
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            exact = [t.cpu() for t in model(x.cuda())]
+    # In full fp32 the GPU matches the CPU to float rounding; TF32's 10-bit mantissa moves
+    # logits by ~1e-3 (1.5e-3 measured on an H100), which may flip a near-threshold decision.
+    assert np.abs(cpu[0].numpy() - exact[0].numpy()).max() < 1e-4
+    assert (cpu[2] == exact[2]).float().mean() > 0.9995 and (cpu[3] == exact[3]).float().mean() > 0.9995
+    assert np.abs(cpu[0].numpy() - gpu[0].numpy()).max() < 1e-2
+    assert (cpu[2] == gpu[2]).float().mean() > 0.999 and (cpu[3] == gpu[3]).float().mean() > 0.999
 
 
 if __name__ == "__main__":  # the same checks with hand-made fixtures, for a machine without pytest
@@ -49,13 +55,25 @@ if __name__ == "__main__":  # the same checks with hand-made fixtures, for a mac
     train, test = embedded_mnist("train"), embedded_mnist("test")
     split = (Dataset(train.images[:6000], train.labels[:6000], "mnist[:6000]"),
              Dataset(test.images[:2000], test.labels[:2000], "mnist-test[:2000]"))
-    passed = 0
+    import json
+    import traceback
+    passed = failed = 0
     with tempfile.TemporaryDirectory() as d:
-        test_train_on_cuda_learns(Path(d) / "a", split)
-        passed += 1
         art = Path(d) / "art"
-        jobs.train(make_config("default", epochs=3, device="cuda"), art, *split,
-                   gate_options=dict(target_risk=0.02, delta=0.1))
-        test_gated_graph_same_on_cuda_and_cpu(art, test)
-        passed += 1
-    print(f"{passed} passed, 0 failed")
+
+        def gated_graph() -> None:
+            jobs.train(make_config("default", epochs=3, device="cuda"), art, *split,
+                       gate_options=dict(target_risk=0.02, delta=0.1))
+            test_gated_graph_same_on_cuda_and_cpu(art, test)
+
+        for check in (lambda: test_train_on_cuda_learns(Path(d) / "a", split), gated_graph):
+            try:
+                check()
+                passed += 1
+            except Exception:  # report every failure and go on, as pytest would
+                traceback.print_exc()
+                failed += 1
+    print(f"{passed} passed, {failed} failed")
+    if len(sys.argv) > 2 and sys.argv[1] == "--json":
+        Path(sys.argv[2]).write_text(json.dumps({"passed": passed, "failed": failed}))
+    sys.exit(1 if failed else 0)

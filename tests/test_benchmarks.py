@@ -1,0 +1,30 @@
+"""The GPU check's closing table reads what the check's steps wrote (no GPU needed)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import gpu_summary
+
+
+def test_summary_reads_junit_xml_and_json(tmp_path):
+    (tmp_path / "gpu_tests.xml").write_text(
+        '<testsuites><testsuite name="pytest" tests="3" failures="1" errors="0" skipped="0"/></testsuites>')
+    (tmp_path / "gpu_infer.json").write_text(json.dumps([{"device": "cuda", "batch": 1024, "img_s": 1.5e6}]))
+    (tmp_path / "gpu_gate.json").write_text(json.dumps([{"name": "seed 0", "coverage": 0.95, "risk": 0.001,
+                                                          "letters": 0.007, "fashion": 0.0006, "seconds": 30}]))
+    table = dict(gpu_summary.rows(tmp_path))
+    assert table["CUDA tests"] == "2 passed, 1 failed, 0 skipped"
+    assert table["train, default recipe"] == "not run"
+    assert table["inference cuda batch 1024"] == "1,500,000 images/s"
+    assert table["gate, seed 0"] == "coverage 95.00% risk 0.100% letters 0.70% fashion 0.06% (30 s)"
+
+
+def test_summary_prefers_the_no_pytest_runners_json(tmp_path):
+    (tmp_path / "gpu_tests.json").write_text(json.dumps({"passed": 2, "failed": 0}))
+    assert dict(gpu_summary.rows(tmp_path))["CUDA tests"] == "2 passed, 0 failed"
+    assert dict(gpu_summary.rows(tmp_path / "missing"))["CUDA tests"] == "not run"
