@@ -107,7 +107,7 @@ def test_accepted_errors_are_listed_most_sure_first():
     assert "training_row" not in jobs.accepted_errors(calib, logits, labels, None)[0]
 
 
-def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path):
+def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path, monkeypatch):
     import numpy as np
 
     from toolchain import gate
@@ -118,7 +118,9 @@ def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path)
     shutil.copytree(artifact, art)
     r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1", "--json")
     assert r.exit_code == 0, r.output
-    errs = json.loads(r.output)["accepted_holdout_errors"]
+    out = json.loads(r.output)
+    errs = out["accepted_holdout_errors"]
+    assert out["accepted_holdout_error_count"] == len(errs)  # under the listing cap here
     ckpt = load_checkpoint(art / "checkpoint.pt")
     train = read_csv(setup / "train.csv")
     rows = np.asarray(ckpt["split"]["holdout_indices"])
@@ -129,6 +131,12 @@ def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path)
     for e in errs:
         assert e["training_row"] == rows[e["holdout_index"]] and train.labels[e["training_row"]] == e["label"]
     assert (art / "report" / "gate_accepted_errors.png").stat().st_size > 1000
+    # metrics.json lists a bounded number of them, and counts them all.
+    from toolchain import jobs
+    monkeypatch.setattr(jobs, "ACCEPTED_ERRORS_LISTED", 1)
+    out = json.loads(_run(art, setup, "--target-risk", "0.03", "--delta", "0.1", "--json").output)
+    assert len(out["accepted_holdout_errors"]) == 1 and out["accepted_holdout_error_count"] == len(errs)
+    assert out["accepted_holdout_errors"][0] == errs[0]
 
 
 def test_cannot_certify_exits_1(artifact, setup, tmp_path):

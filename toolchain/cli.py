@@ -297,9 +297,10 @@ def format_gate_table(g: dict[str, Any]) -> str:
                      f"at its risk the score covers {100 * v['coverage_at_seed_risk']:.2f}%")
     errs = g.get("accepted_holdout_errors")
     if errs is not None:
-        lines.append(f"Held-out frames accepted but labelled otherwise: {len(errs)}, most sure first (given label -> "
+        count = g.get("accepted_holdout_error_count", len(errs))
+        lines.append(f"Held-out frames accepted but labelled otherwise: {count}, most sure first (given label -> "
                      "model's): " + ", ".join(f"{r['label']}->{r['predicted']}" for r in errs[:12]) +
-                     (" ..." if len(errs) > 12 else "") + " (report/gate_accepted_errors.png)")
+                     (" ..." if count > 12 else "") + " (report/gate_accepted_errors.png)")
     return "\n".join(lines)
 
 
