@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,12 +158,15 @@ def export_float(artifact: Path, filename: str, precision: str, *, opset: int, i
     return ExportResult(path, report, time.perf_counter() - t0, {"opset": opset, "exporter": "torch.onnx (TorchScript)"})
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt: str) -> None:
-    """Static int8 quantization with ONNX Runtime of the network's Conv and Gemm nodes.
+def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt: str,
+                  exclude: Sequence[str] = ()) -> None:
+    """Static int8 quantization with ONNX Runtime of the network's Conv and Gemm nodes
+    (but the classifier head and the nodes named in ``exclude``).
 
     ``qdq``: QuantizeLinear/DequantizeLinear pairs with symmetric int8 activations and
     weights, the form TensorRT consumes. ``qoperator``: QLinearConv/QGemm with uint8
-    activations, ONNX Runtime's CPU form. Preprocessing and gate stay in float.
+    activations, ONNX Runtime's CPU form. Preprocessing, views, novelty residual (its two
+    MatMuls) and gate stay in float.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -186,11 +190,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt
     # The classifier head stays float: it is 0.1% of the multiply-adds, and its output (the
     # logits) feeds the gate directly, so its rounding would move confidences and refusals.
     head = [n.name for n in onnx.load(str(fp32_path)).graph.node if n.op_type == "Gemm" and "head" in n.name]
-    quantize_static(str(fp32_path), str(out_path), Reader(), nodes_to_exclude=head,
+    quantize_static(str(fp32_path), str(out_path), Reader(), nodes_to_exclude=head + list(exclude),
                     quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                     per_channel=True, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,
-                    op_types_to_quantize=["Conv", "Gemm", "MatMul"],
+                    # Not MatMul: the novelty residual's projections are MatMuls, and like the head
+                    # they feed a refusal limit directly.
+                    op_types_to_quantize=["Conv", "Gemm"],
                     calibrate_method=CalibrationMethod.MinMax,
                     extra_options={"ActivationSymmetric": qdq, "WeightSymmetric": True})
 

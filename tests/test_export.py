@@ -108,6 +108,12 @@ def test_int8_and_fp16_close_to_fp32(exported, mnist_test):
         assert (got["accepted"] == fp32["accepted"]).mean() >= min_agree, name
     q = onnx.load(str(exported / "model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # QDQ form
+    # Only the network's Conv/Gemm are quantized: the head and the novelty projections, which
+    # feed the gate's limits directly, read float tensors.
+    float_inputs = {n.name: list(n.input) for n in q.graph.node
+                    if n.op_type == "MatMul" or (n.op_type == "Gemm" and "head" in n.name)}
+    assert len(float_inputs) == 3
+    assert not any("DequantizeLinear" in i for ins in float_inputs.values() for i in ins), float_inputs
     h = onnx.load(str(exported / "model.fp16.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in h.graph.initializer)
     assert h.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
