@@ -11,7 +11,8 @@ from .backends import BACKENDS, BackendUnavailable, available_backends
 from .classifier import Classifier, Prediction, Result, as_batch
 from .fileio import ArtifactError
 from .metadata import SCHEMA_VERSION, MetadataError
-from .preprocess import preprocess
+from .preprocess import Digit, Frames, PreprocessError, find_digits, preprocess, preprocess_batch
 
-__all__ = ["BACKENDS", "SCHEMA_VERSION", "ArtifactError", "BackendUnavailable", "Classifier", "MetadataError",
-           "Prediction", "Result", "as_batch", "available_backends", "preprocess"]
+__all__ = ["BACKENDS", "SCHEMA_VERSION", "ArtifactError", "BackendUnavailable", "Classifier", "Digit", "Frames",
+           "MetadataError", "Prediction", "PreprocessError", "Result", "as_batch", "available_backends", "find_digits",
+           "preprocess", "preprocess_batch"]

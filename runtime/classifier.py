@@ -147,7 +147,12 @@ class Classifier:
     def predict(self, images: Any) -> Prediction:
         """Labels, confidences and accept flags for a batch (see :func:`as_batch` for inputs)."""
         out = self._backend.run(as_batch(images))
-        accepted = out["accepted"] if self._override is None else out["confidence"] >= self._override
+        if self._override is None:
+            accepted = out["accepted"]
+        else:
+            # A frame the gate refused outright (energy floor, novelty ceiling: confidence 0) stays
+            # refused whatever the threshold: those refusals say "no digit", not "unsure".
+            accepted = (out["confidence"] >= self._override) & (out["confidence"] > 0)
         return Prediction(out["label"], out["confidence"], accepted, out["logits"])
 
     def classify(self, image: Any) -> Result:

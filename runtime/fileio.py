@@ -9,15 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 #: JSON metadata is small; anything far larger is not ours and is refused before parsing.
 MAX_JSON_BYTES = 4 * 1024 * 1024
 MAX_JSON_DEPTH = 32
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class ArtifactError(ValueError):
@@ -46,10 +44,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # Opened with mode 0666 so the kernel applies the process umask, as for any new file; reading
+    # the umask (os.umask sets it to read it) would race with other threads creating files.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual mode
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

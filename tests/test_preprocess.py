@@ -1,0 +1,215 @@
+"""runtime.preprocess and runtime.find_digits on real-looking crops and frames (numpy only)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from runtime import PreprocessError, find_digits, preprocess, preprocess_batch
+from runtime.fileio import atomic_write_text
+from tests.conftest import ROOT
+
+
+def blur(img: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Separable blur of an ink map (zero around it) by kernel ``k``."""
+    img = np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 0, img)
+    return np.apply_along_axis(lambda r: np.convolve(r, k, "same"), 1, img)
+
+
+def camera(digit: np.ndarray, zoom: int = 2, size: int = 72, paper: float = 200, ink: float = 60,
+           at: tuple[int, int] = (8, 10), sigma: float | None = None) -> np.ndarray:
+    """A dark-on-grey float crop of an MNIST digit enlarged ``zoom`` times (nearest, then a
+    3-tap blur, or a Gaussian of ``sigma`` pixels)."""
+    big = np.kron(digit.astype(np.float64) / 255, np.ones((zoom, zoom)))
+    big = np.pad(big, 5)  # room for the blur's tails
+    if sigma is None:
+        big = blur(big, np.array([0.25, 0.5, 0.25]))
+    else:
+        k = np.exp(-0.5 * (np.arange(-4, 5) / sigma) ** 2)
+        big = blur(big, k / k.sum())
+    out = np.zeros((size + 10, size + 10))
+    out[at[0]:at[0] + big.shape[0], at[1]:at[1] + big.shape[1]] = big
+    return paper - (paper - ink) * out[5:5 + size, 5:5 + size]
+
+
+def u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+def close(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two frames."""
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_test):
+    return mnist_test.images[:60], mnist_test.labels[:60]
+
+
+def test_mnist_frames_come_back_essentially_unchanged(mnist_test):
+    x = mnist_test.images[:1000]
+    out = preprocess_batch(x)
+    assert out.ok.all()
+    d = np.abs(out.images.astype(int) - x.astype(int))
+    assert d.mean() < 10  # grey levels: a sub-pixel recentring and a <5% rescale at most
+    assert np.median([close(a, b) for a, b in zip(out.images, x)]) > 0.95
+    again = preprocess_batch(out.images)
+    assert np.abs(again.images.astype(int) - out.images.astype(int)).mean() < 6  # idempotent, up to resampling
+    # MNIST's conventions: the ink's centre of mass at pixel (14, 14), its extent about 20 pixels.
+    w = out.images.astype(float) / 255
+    cy = (w.sum(2) @ np.arange(28)) / w.sum((1, 2))
+    assert abs(cy.mean() - 14.0) < 0.1 and np.abs(cy - 14.0).max() < 0.6
+    assert np.median(np.maximum(w.max(2).sum(1), w.max(1).sum(1))) == pytest.approx(19.8, abs=0.4)
+
+
+def test_single_and_batch_agree(digits):
+    crops = np.stack([u8(camera(d)) for d in digits[0][:10]])
+    batch = preprocess_batch(crops)
+    for c, f in zip(crops, batch.images):
+        assert np.array_equal(preprocess(c), f)
+    mixed = preprocess_batch([crops[0], crops[1][:60, :50], digits[0][0]])
+    assert np.array_equal(mixed.images[0], batch.images[0]) and mixed.ok.all()
+
+
+@pytest.mark.parametrize("kind", ["clean", "speck", "gradient", "noise", "blur", "scale", "polarity", "rgb", "bgr",
+                                  "uint16", "float", "vignette"])
+def test_each_degradation_alone_recovers_the_digit(digits, kind):
+    rng = np.random.default_rng(0)
+    good = 0
+    for d in digits[0][:30]:
+        ref = preprocess(u8(camera(d)))
+        c = camera(d)
+        if kind == "speck":  # a dust speck far from the digit
+            c[64:67, 66:69] = 40
+        elif kind == "gradient":  # light falling off across the crop, by more than the ink's contrast
+            c = c * np.linspace(0.45, 1.2, 72)[None, :]
+        elif kind == "vignette":
+            yy, xx = np.mgrid[-1:1:72j, -1:1:72j]
+            c = c * (1 - 0.4 * (xx ** 2 + yy ** 2) / 2)
+        elif kind == "noise":
+            c = c + rng.normal(0, 12, c.shape)
+        elif kind == "blur":
+            c = camera(d, sigma=1.6)
+        elif kind == "scale":
+            c = camera(d, zoom=4, size=150, at=(20, 30))
+        elif kind == "polarity":
+            c = 255 - c
+        frame = None
+        if kind in ("rgb", "bgr"):
+            tint = np.array([1.1, 0.95, 0.9]) if kind == "rgb" else np.array([0.9, 0.95, 1.1])
+            tint = tint / (tint @ np.array([0.299, 0.587, 0.114])) if kind == "rgb" else \
+                tint / (tint[::-1] @ np.array([0.299, 0.587, 0.114]))
+            frame = preprocess(u8(c[..., None] * tint[None, None, :]), channels=kind)
+        elif kind == "uint16":
+            frame = preprocess((np.clip(c, 0, 255) * 257).astype(np.uint16))
+        elif kind == "float":
+            frame = preprocess(np.clip(c, 0, 255) / 255.0)
+        else:
+            frame = preprocess(u8(c))
+        good += close(frame, ref) > 0.9 and close(frame, d) > 0.75
+    assert good >= 28, (kind, good)
+
+
+def test_speck_and_border_clutter_are_dropped(digits):
+    d = digits[0][0]
+    ref = preprocess(u8(camera(d)))
+    c = camera(d)
+    c[2:5, 60:63] = 30      # a speck in a corner, darker than the ink
+    c[:, 70:] = 20          # the edge of something else along the right border
+    assert np.abs(preprocess(u8(c)).astype(int) - ref.astype(int)).mean() < 2
+
+
+@pytest.mark.parametrize("make, reason, message", [
+    (lambda d: np.full((40, 40), 180, np.uint8), "no-ink", r"crop of shape \(40, 40\) has no ink"),
+    (lambda d: u8(np.random.default_rng(0).normal(128, 3, (40, 40))), "no-ink", "has no ink"),
+    (lambda d: u8(np.concatenate([camera(d, size=72, at=(8, 2))[:, :64], camera(d, size=72, at=(8, 2))[:, :64]], 1)),
+     "several-blobs", r"crop of shape \(72, 128\) holds several separate blobs of ink: expected one digit"),
+    (lambda d: u8(np.where((np.abs(np.arange(40)[:, None] - 20) < 2) | (np.abs(np.arange(40)[None, :] - 17) < 2),
+                           30, 200)),
+     "touches-borders", "the ink touches all four borders"),
+])
+def test_refusals_are_typed_and_pinned(digits, make, reason, message):
+    crop = make(digits[0][1])
+    with pytest.raises(PreprocessError, match=message) as e:
+        preprocess(crop)
+    assert e.value.reason == reason
+    out = preprocess_batch(crop[None])
+    assert out.refusals == (reason,) and not out.ok[0] and not out.images.any()
+
+
+@pytest.mark.parametrize("crop, message", [
+    (np.zeros((5,), np.uint8), r"crop of shape \(5,\): expected \(H, W\) gray or \(H, W, 3\|4\) colour"),
+    (np.zeros((6, 30), np.uint8), "crop of 6x30 pixels: expected at least 8x8"),
+    (np.full((10, 10), np.nan), "crop holds NaN or infinite values"),
+    (np.full((10, 10), 3.0), r"crop values span \[3, 3\]: expected floats in \[0, 1\]"),
+    (np.zeros((10, 10), np.int16), "crop dtype int16: expected uint8, uint16 or floats"),
+    (np.zeros((10, 10, 2), np.uint8), r"crop of shape \(10, 10, 2\)"),
+])
+def test_bad_input_is_a_plain_value_error(crop, message):
+    with pytest.raises(ValueError, match=message) as e:
+        preprocess(crop)
+    assert not isinstance(e.value, PreprocessError)
+
+
+def test_batch_errors_name_the_crop():
+    with pytest.raises(ValueError, match="crop 1: crop dtype int32"):
+        preprocess_batch([np.zeros((10, 10), np.uint8), np.zeros((10, 10), np.int32)])
+    with pytest.raises(ValueError, match="an empty sequence of crops"):
+        preprocess_batch([])
+    with pytest.raises(ValueError, match="channels 'xyz': expected 'rgb' or 'bgr'"):
+        preprocess(np.zeros((10, 10, 3), np.uint8), channels="xyz")
+
+
+def compose(ds: np.ndarray, rng: np.random.Generator, gap: int = 14) -> tuple[np.ndarray, list[int]]:
+    """A grey frame with the digits ``ds`` written left to right, light falling off, sensor noise."""
+    width = 40 + len(ds) * (56 + gap)
+    frame = np.full((100, width), 190.0)
+    xs = []
+    for j, d in enumerate(ds):
+        x0 = 20 + j * (56 + gap) + int(rng.integers(-4, 5))
+        y0 = 20 + int(rng.integers(-8, 9))
+        big = np.kron(d.astype(float) / 255, np.ones((2, 2)))
+        frame[y0:y0 + 56, x0:x0 + 56] -= 140 * big
+        xs.append(x0)
+    frame = frame * np.linspace(0.8, 1.15, width)[None, :] + rng.normal(0, 4, frame.shape)
+    frame[5:8, 8:11] = 40  # a speck
+    return u8(frame), xs
+
+
+def test_find_digits_on_composed_frames(digits):
+    rng = np.random.default_rng(1)
+    imgs = digits[0]
+    hits = 0
+    for t in range(12):
+        k = 1 + t % 5
+        idx = rng.choice(len(imgs), k, replace=False)
+        frame, xs = compose(imgs[idx], rng)
+        found = find_digits(frame)
+        assert len(found) == k, (t, [f.box for f in found])
+        assert [f.box[0] for f in found] == sorted(f.box[0] for f in found)  # left to right
+        for f, x0, i in zip(found, xs, idx):
+            assert f.refusal is None and f.image.shape == (28, 28)
+            assert abs(f.box[0] - x0) < 20  # the box starts at the digit it reports
+            hits += close(f.image, preprocess(imgs[i])) > 0.8
+    assert hits >= 0.95 * sum(1 + t % 5 for t in range(12))
+    assert find_digits(np.full((50, 80), 128, np.uint8)) == []
+
+
+def test_importing_runtime_leaves_the_umask_alone(tmp_path):
+    # os.umask both reads and sets it: a library that reads it at import races with other threads.
+    code = ("import os\ncalls = []\nreal = os.umask\nos.umask = lambda m: calls.append(m) or real(m)\n"
+            "import runtime, runtime.fileio\nprint(len(calls))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "0", r.stderr
+    old = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left behind
