@@ -109,11 +109,18 @@ def test_int8_and_fp16_close_to_fp32(exported, mnist_test):
     q = onnx.load(str(exported / "model.int8.onnx"))
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)  # QDQ form
     # Only the network's Conv/Gemm are quantized: the head and the novelty projections, which
-    # feed the gate's limits directly, read float tensors.
+    # feed the gate's limits directly, and the first convolution, which reads the normalised
+    # pixels, read float tensors.
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
     float_inputs = {n.name: list(n.input) for n in q.graph.node
-                    if n.op_type == "MatMul" or (n.op_type == "Gemm" and "head" in n.name)}
-    assert len(float_inputs) == 3
+                    if n.op_type == "MatMul" or (n.op_type == "Gemm" and "head" in n.name) or n is convs[0]}
+    assert len(float_inputs) == 4
     assert not any("DequantizeLinear" in i for ins in float_inputs.values() for i in ins), float_inputs
+    assert any("DequantizeLinear" in i for i in convs[1].input)  # the second convolution is int8
+    # Biases stay float: TensorRT's parser takes only 8-bit (or 4-bit/FP8) DequantizeLinear inputs.
+    deq_inputs = {i for n in q.graph.node if n.op_type == "DequantizeLinear" for i in n.input[:1]}
+    int32 = [t.name for t in q.graph.initializer if t.name in deq_inputs and t.data_type == onnx.TensorProto.INT32]
+    assert int32 == [], int32
     h = onnx.load(str(exported / "model.fp16.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in h.graph.initializer)
     assert h.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
