@@ -51,6 +51,20 @@ def rows(out: Path) -> list[tuple[str, str]]:
             lines.append((name, "not run"))
     for r in _load(out / "gpu_infer.json") or []:
         lines.append((f"inference {r['device']} batch {r['batch']}", f"{r['img_s']:,.0f} images/s"))
+    if "field_time_ratio" in train:
+        lines.append(("train, field vs no field", f"{train['field_time_ratio']:.2f}x the time"))
+    for r in _load(out / "gpu_field_speed.json") or []:
+        lines.append((f"field {r['what']} {r['device']}", f"{r['crops_s']:,.0f} crops/s"))
+    fb = _load(out / "gpu_field.json")
+    if fb:
+        for name in ("clean", "mild", "harsh"):
+            r = fb["levels"].get(name)
+            if r:
+                lines.append((f"field {name} (CUDA-trained)",
+                              f"accuracy {100 * r['accuracy']:.2f}% coverage {100 * r['coverage']:.2f}% "
+                              f"risk {100 * r['selective_risk']:.3f}%"))
+        if fb.get("non_digits"):
+            lines.append(("field non-digits accepted", f"{100 * fb['non_digits']['all']['coverage']:.2f}%"))
     gate = _load(out / "gpu_gate.json")
     for r in gate or []:
         lines.append((f"gate, {r['name']}", f"coverage {100 * r['coverage']:.2f}% risk {100 * r['risk']:.3f}% "

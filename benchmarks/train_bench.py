@@ -1,7 +1,7 @@
 """Training, time-to-accuracy, loop throughput and CSV parsing, each beside its baseline.
 
     .venv/bin/python benchmarks/train_bench.py            # everything, about 6 minutes on 2 cores
-    .venv/bin/python benchmarks/train_bench.py --only csv # one part: default, short, classic, seed, loop, csv
+    .venv/bin/python benchmarks/train_bench.py --only csv # one part: default, no-field, short, classic, seed, loop, csv
 
 Test-set accuracies are followed per epoch by a hook whose time is not counted as
 training time and which never steers training (model selection stays on the held-out
@@ -129,7 +129,7 @@ def csv_speed(train) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append",
-                    choices=["default", "short", "polarity", "classic", "seed", "loop", "csv", "large-batch"])
+                    choices=["default", "no-field", "short", "polarity", "classic", "seed", "loop", "csv", "large-batch"])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path, help="Also write the results here.")
@@ -140,6 +140,11 @@ def main() -> None:
     out: dict = {"device": args.device, "threads": args.threads, "torch": torch.__version__}
     if "default" in parts:
         out["default"] = followed_run("default", make_config("default", device=args.device), train, test)
+    if "no-field" in parts:  # the baseline of the field recipe's cost: the default without field frames
+        out["no_field"] = followed_run("default, no field frames", make_config("default", field_fraction=0.0,
+                                                                                device=args.device), train, test)
+        if "default" in out:
+            out["field_time_ratio"] = out["default"]["seconds"] / out["no_field"]["seconds"]
     if "short" in parts:  # the default recipe with a 30 s budget of epochs: time to the notebook's figure
         out["short"] = followed_run("default recipe, 8 epochs", make_config("default", epochs=8, device=args.device),
                                     train, test)
@@ -168,7 +173,7 @@ def main() -> None:
         out["csv"] = csv_speed(train)
 
     print("\n=== results (" + f"{args.device}, {args.threads} threads, torch {torch.__version__}) ===")
-    for key in ("default", "short", "inversion_aug", "large_batch", "classic", "seed_recipe"):
+    for key in ("default", "no_field", "short", "inversion_aug", "large_batch", "classic", "seed_recipe"):
         if key in out:
             r = out[key]
             reach = f"{r['seconds_to_notebook']:.1f} s" if r["seconds_to_notebook"] else "not reached"
@@ -179,6 +184,9 @@ def main() -> None:
             k = r["kept_model"]
             print(f"{'':<38} kept model with its test-time views: test {100 * k['test_acc']:.2f}%  "
                   f"seed-protocol {100 * k['seed_acc']:.2f}%")
+    if "field_time_ratio" in out:
+        print(f"field recipe's training time: {out['field_time_ratio']:.2f}x the default without field frames "
+              "(same run; target <= 1.3x)")
     if "loop" in out:
         lp = out["loop"]
         print(f"training loop at batch 100, classic model: ours {lp['ours_img_s']:,.0f} img/s, notebook's "

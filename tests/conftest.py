@@ -67,3 +67,15 @@ def write_rows(path: Path, rows: list[str], newline: str = "\n", final: bool = T
 
 def csv_row(label: int, pixels: np.ndarray) -> str:
     return ",".join([str(label)] + [str(int(p)) for p in pixels.reshape(-1)])
+
+
+@pytest.fixture(scope="session")
+def onnx_artifact(artifact, tmp_path_factory, mnist_test):
+    """The session artifact, copied, with model.onnx exported (validated on 1,000 test images)."""
+    import shutil
+
+    import exporters
+    out = tmp_path_factory.mktemp("onnx") / "art"
+    shutil.copytree(artifact, out)
+    exporters.export(out, "onnx", test_images=mnist_test.images[:1000, None], test_labels=mnist_test.labels[:1000])
+    return out

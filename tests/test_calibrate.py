@@ -39,7 +39,8 @@ def test_recalibrate_with_the_seed_rule_updates_everything(artifact, setup, tmp_
     g = json.loads(r.output)
     calib = json.loads((art / "calibration.json").read_text())
     assert calib["method"] == "seed" and calib["score"] == "seed-minmax" and len(calib["logit_min"]) == 10
-    assert calib["fit"]["split"] == "holdout" and calib["fit"]["n"] == 1200
+    # The held-out split and one field rendering of each frame the preprocessing kept.
+    assert calib["fit"]["split"] == "holdout" and calib["fit"]["n"] == 1200 + g["field_holdout"]["frames"]
     assert load_checkpoint(art / "checkpoint.pt")["calibration"]["threshold"] == calib["threshold"]
     metrics = json.loads((art / "metrics.json").read_text())
     assert metrics["gate"]["method"] == "seed" and metrics["gate"]["threshold"] == calib["threshold"]
@@ -127,9 +128,12 @@ def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path,
     logits, novelty = _outputs(build_pipeline(ckpt), train.images[rows])
     conf = gate.confidence_np(logits, ckpt["calibration"], novelty)
     wrong = (conf >= ckpt["calibration"]["threshold"]) & (logits.argmax(1) != train.labels[rows])
-    assert len(errs) == int(wrong.sum()) > 0
-    for e in errs:
-        assert e["training_row"] == rows[e["holdout_index"]] and train.labels[e["training_row"]] == e["label"]
+    raw = [e for e in errs if not e["field"]]
+    assert len(raw) == int(wrong.sum()) > 0 and len(errs) >= len(raw)
+    for e in raw:
+        assert e["training_row"] == rows[e["holdout_index"]]
+    for e in errs:  # field renderings name the training row of the frame they were rendered from
+        assert train.labels[e["training_row"]] == e["label"] and e["field"] == (e["holdout_index"] >= len(rows))
     assert (art / "report" / "gate_accepted_errors.png").stat().st_size > 1000
     # metrics.json lists a bounded number of them, and counts them all.
     from toolchain import jobs

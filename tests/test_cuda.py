@@ -1,4 +1,5 @@
-"""CUDA: training with data resident on the GPU, and the gated graph on the GPU (skipped without one).
+"""CUDA: training with data resident on the GPU, the gated graph and the field's torch twin of
+runtime.preprocess on the GPU (skipped without one).
 
 Also runnable without pytest (the GPU machines' stock image has none):
 ``PYTHONPATH=. python3 tests/test_cuda.py``.
@@ -40,6 +41,19 @@ def test_gated_graph_same_on_cuda_and_cpu(artifact, mnist_test):
     assert (cpu[2] == gpu[2]).float().mean() > 0.999 and (cpu[3] == gpu[3]).float().mean() > 0.999
 
 
+def test_field_twin_on_cuda_matches_numpy(mnist_test):
+    from runtime import preprocess_batch
+    from toolchain import field
+    x = torch.from_numpy(mnist_test.images[:512, None].copy()).float().cuda() / 255.0
+    crops = field.render(x, field.HARSH, torch.Generator(device="cuda").manual_seed(0))
+    frames, code = field.preprocess_torch(crops)
+    ref = preprocess_batch(torch.round(crops * 255).to(torch.uint8).cpu().numpy())
+    ok = (code.cpu().numpy() == 0) & ref.ok
+    assert ok.mean() > 0.97 and ((code.cpu().numpy() == 0) == ref.ok).mean() > 0.99
+    diff = np.abs(torch.round(frames * 255).cpu().numpy().astype(int) - ref.images.astype(int))
+    assert np.mean(diff[ok].reshape(ok.sum(), -1).max(1) <= 1) > 0.97
+
+
 if __name__ == "__main__":  # the same checks with hand-made fixtures, for a machine without pytest
     import sys
     import tempfile
@@ -66,7 +80,8 @@ if __name__ == "__main__":  # the same checks with hand-made fixtures, for a mac
                        gate_options=dict(target_risk=0.02, delta=0.1))
             test_gated_graph_same_on_cuda_and_cpu(art, test)
 
-        for check in (lambda: test_train_on_cuda_learns(Path(d) / "a", split), gated_graph):
+        for check in (lambda: test_train_on_cuda_learns(Path(d) / "a", split), gated_graph,
+                      lambda: test_field_twin_on_cuda_matches_numpy(test)):
             try:
                 check()
                 passed += 1

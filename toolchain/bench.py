@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,32 @@ def rss_mb() -> float:
         return 0.0
 
 
+def field_crops(images: np.ndarray, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 64x64 camera crops (the field's 'mild' level) and one 480x480 crop, uint8."""
+    from .field import MILD, render
+    x = torch.from_numpy(np.ascontiguousarray(images[:n]).reshape(-1, 1, 28, 28)).float() / 255.0
+    g = torch.Generator().manual_seed(0)
+    small = torch.round(render(x, MILD, g) * 255).to(torch.uint8).numpy()
+    big = torch.round(render(x[:1], replace(MILD, zoom=(15.0, 15.0), size=480), g) * 255).to(torch.uint8).numpy()[0]
+    return small, big
+
+
+def preprocess_timings(small: np.ndarray, big: np.ndarray, iters: int) -> dict[str, float]:
+    """p50 microseconds of runtime.preprocess on one 64x64 crop and one 480x480 crop, and per
+    crop of preprocess_batch on the 64x64 ones."""
+    from runtime.preprocess import preprocess, preprocess_batch
+    one = _latencies(preprocess, small[0], iters)
+    large = _latencies(preprocess, big, max(20, iters // 20))
+    batch = _latencies(preprocess_batch, small, max(20, iters // 50))
+    return {"crop_64_p50_us": float(np.percentile(one, 50) * 1e6),
+            "crop_480_p50_us": float(np.percentile(large, 50) * 1e6),
+            "batch_64_per_crop_us": float(np.percentile(batch, 50) * 1e6 / len(small))}
+
+
 def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seconds: float,
-               torch_model: torch.nn.Module | None) -> dict[str, Any]:
-    """Classifier vs bare session vs PyTorch eager for one model file."""
+               torch_model: torch.nn.Module | None, crop: np.ndarray | None = None) -> dict[str, Any]:
+    """Classifier vs bare session vs PyTorch eager for one model file; with a camera ``crop``,
+    also crop-to-decision (runtime.preprocess + Classifier.predict)."""
     import onnxruntime as ort
 
     from runtime import Classifier
@@ -79,6 +103,12 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
         def bare_run(x: np.ndarray) -> Any:
             return sess.run(None, {"image": x})
         lat["bare_session"] = _latencies(bare_run, one, iters)
+    if crop is not None:
+        from runtime.preprocess import preprocess
+
+        def crop_run(c: np.ndarray) -> Any:
+            return clf.predict(preprocess(c))
+        lat["crop_to_decision"] = _latencies(crop_run, crop, max(200, iters // 4))
     if torch_model is not None:
         def torch_run(x: np.ndarray) -> Any:
             with torch.inference_mode():
@@ -161,6 +191,11 @@ def format_bench(results: list[dict[str, Any]], import_s: float | None, soak_res
         lines.append("  ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in r["ratios"].items()))
     if import_s is not None:
         lines.append(f"import runtime: {import_s:.3f} s")
+    pre = next((r.get("preprocess_us") for r in results if r.get("preprocess_us")), None)
+    if pre:
+        lines.append(f"runtime.preprocess p50: 64x64 crop {pre['crop_64_p50_us']:.0f} us, 480x480 crop "
+                     f"{pre['crop_480_p50_us']:.0f} us, batch of 64 crops {pre['batch_64_per_crop_us']:.0f} us a crop "
+                     "(targets 50 us / 1000 us, reported, not enforced)")
     if soak_res is not None:
         lines.append(f"soak: {soak_res['predictions']:,} predictions in {soak_res['seconds']:.1f} s, resident memory "
                      f"{soak_res['rss_before_mb']:.1f} -> {soak_res['rss_after_mb']:.1f} MB "

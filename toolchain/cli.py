@@ -385,20 +385,23 @@ def info(path: Path, as_json: bool) -> None:
 @click.option("--backend", default="auto", help="Runtime backend for every file (auto picks per file).")
 @click.option("--test-csv", type=click.Path(path_type=Path), help="Test set as a seed CSV instead of the embedded MNIST.")
 @click.option("--idx-dir", type=click.Path(path_type=Path), help="Folder of IDX files holding the test set.")
+@click.option("--field-images", type=int, default=1000,
+              help="Test digits rendered as 'mild' camera crops for model.onnx (reported; 0 skips).")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
 @handle_errors
 def verify(artifact: Path, files: tuple[Path, ...], backend: str, test_csv: Path | None, idx_dir: Path | None,
-           as_json: bool) -> None:
+           field_images: int, as_json: bool) -> None:
     """Check every exported file in ARTIFACT (or FILES) against the PyTorch checkpoint.
 
     Hashes are checked against manifest.json first; then each file runs through runtime on the
-    full test set and its seed-protocol version. Exit 1 if anything disagrees.
+    full test set and its seed-protocol version. Exit 1 if anything disagrees. Then model.onnx
+    runs on 'mild' camera crops of the test digits (see 'lenet-tool field'), reported.
     """
     from .data import load_dataset
     from .verify import format_verify, to_json
     from .verify import verify as run_verify
     test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
-    res = run_verify(artifact, test, [Path(f) for f in files] or None, backend=backend)
+    res = run_verify(artifact, test, [Path(f) for f in files] or None, backend=backend, field_images=field_images)
     _emit(as_json, to_json(res), format_verify(res))
     if not res["passed"]:
         sys.exit(1)
@@ -434,11 +437,14 @@ def bench(artifact: Path, files: tuple[Path, ...], threads: int, iters: int, sec
     ckpt, _, pipeline = load_calibrated(artifact)
     model = GatedModel(pipeline, ckpt["calibration"]).eval()
     images = embedded_mnist("test").images[:2048, None].copy()
+    small, big = b.field_crops(images)
     results = []
     for p in paths:
         if not as_json:
             click.echo(f"benchmarking {p} ...", err=True)
-        results.append(b.bench_file(p, images, threads=threads, iters=iters, seconds=seconds, torch_model=model))
+        results.append(b.bench_file(p, images, threads=threads, iters=iters, seconds=seconds, torch_model=model,
+                                    crop=small[0]))
+    results[0]["preprocess_us"] = b.preprocess_timings(small, big, iters)
     imp = b.import_seconds()
     soak_res = b.soak(paths[0], images, soak, threads) if soak else None
     fails = b.check_targets(results, imp, soak_res)
@@ -446,6 +452,37 @@ def bench(artifact: Path, files: tuple[Path, ...], threads: int, iters: int, sec
           b.format_bench(results, imp, soak_res, fails))
     if fails and check:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.option("--level", "levels", multiple=True, help="Levels to measure (repeatable; default: all): "
+              "clean, mild, harsh, and each degradation alone (scale, blur, noise, contrast, gradient, vignette, "
+              "specks, perspective, jpeg, polarity, rgb).")
+@click.option("--images", "n", type=int, default=2000, help="Test images rendered per level.")
+@click.option("--non-digits", type=int, default=1000, help="Non-digit crops per kind (0 skips them).")
+@click.option("--backend", default="auto", help="Runtime backend for model.onnx.")
+@click.option("--test-csv", type=click.Path(path_type=Path), help="Test set as a seed CSV instead of the embedded MNIST.")
+@click.option("--idx-dir", type=click.Path(path_type=Path), help="Folder of IDX files holding the test set.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@handle_errors
+def field(artifact: Path, levels: tuple[str, ...], n: int, non_digits: int, backend: str, test_csv: Path | None,
+          idx_dir: Path | None, as_json: bool) -> None:
+    """Measure ARTIFACT on the test set rendered as camera crops (seeded levels), the device's way.
+
+    Writes ARTIFACT/report/field.png and ARTIFACT/field.json; exit 0 (the targets it prints
+    are reported, not enforced).
+    """
+    from runtime.fileio import atomic_write_json
+
+    from . import report
+    from .data import load_dataset
+    from .fieldbench import format_field, run_field
+    test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+    res = run_field(artifact, test, n=n, levels=list(levels) or None, non_digits=non_digits, backend=backend)
+    atomic_write_json(artifact / "field.json", res)
+    report.field_plot(res, artifact / "report" / "field.png")
+    _emit(as_json, res, format_field(res))
 
 
 def _read_inputs(images: tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -491,19 +528,36 @@ def _read_inputs(images: tuple[str, ...]) -> list[tuple[str, Any]]:
 def predict(artifact: Path, images: tuple[str, ...], backend: str, threshold: float | None, as_json: bool) -> None:
     """Classify IMAGE files (PNG/JPEG, any size, either polarity) or CSV rows on stdin ('-').
 
-    ARTIFACT is a model file or an artifact folder (its model.onnx is used).
+    An image file may hold one digit or several (a meter, a form field): each digit found
+    (runtime.find_digits, left to right) gets one line with its box. ARTIFACT is a model file
+    or an artifact folder (its model.onnx is used).
     """
-    from runtime import Classifier, preprocess
+    from runtime import Classifier, find_digits
     path = artifact / "model.onnx" if artifact.is_dir() else artifact
     clf = Classifier(path, backend=backend, threshold=threshold)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, (kind, arr) in _read_inputs(images):
-        frame = preprocess(arr) if kind == "crop" else arr
-        r = clf.classify(frame)
-        rows.append({"input": name, "label": r.label, "class": r.class_name, "confidence": r.confidence,
-                     "accepted": r.accepted})
+        if kind == "frame":
+            r = clf.classify(arr)
+            rows.append({"input": name, "label": r.label, "class": r.class_name, "confidence": r.confidence,
+                         "accepted": r.accepted})
+            continue
+        found = find_digits(arr)
+        if not found:
+            rows.append({"input": name, "box": None, "label": None, "class": None, "confidence": 0.0,
+                         "accepted": False, "refusal": "no digit found"})
+        for d in found:
+            where = f"{name}@{d.box[0]},{d.box[1]},{d.box[2]},{d.box[3]}"
+            if d.image is None:
+                rows.append({"input": where, "box": list(d.box), "label": None, "class": None, "confidence": 0.0,
+                             "accepted": False, "refusal": d.refusal})
+                continue
+            r = clf.classify(d.image)
+            rows.append({"input": where, "box": list(d.box), "label": r.label, "class": r.class_name,
+                         "confidence": r.confidence, "accepted": r.accepted})
     text = "\n".join(f"{r['input']}: {r['class']} (confidence {r['confidence']:.4f}) "
-                     f"{'accepted' if r['accepted'] else 'REFUSED'}" for r in rows)
+                     f"{'accepted' if r['accepted'] else 'REFUSED'}" if r["label"] is not None else
+                     f"{r['input']}: REFUSED ({r['refusal']})" for r in rows)
     note = f"model {path.name} on {clf.backend}, threshold {clf.threshold:.6f}" + \
         (" (overridden)" if clf.threshold_overridden else "")
     _emit(as_json, {"model": str(path), "backend": clf.backend, "threshold": clf.threshold,

@@ -137,16 +137,18 @@ def _versus_seed_rule(rows: list[dict[str, Any]], conf: np.ndarray, correct: np.
 
 
 def accepted_errors(calib: dict[str, Any], logits: np.ndarray, labels: np.ndarray, novelty: np.ndarray | None,
-                    rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+                    rows: np.ndarray | None = None, field_start: int | None = None) -> list[dict[str, Any]]:
     """Held-out frames the gate accepts but labels differently, most confident first.
 
     ``rows``: each held-out frame's row in the training file (reported so it can be looked at).
+    ``field_start``: frames from this index on are field renderings of held-out frames.
     """
     conf = gate.confidence_np(logits, calib, novelty)
     pred = logits.argmax(1)
     bad = np.flatnonzero((conf >= calib["threshold"]) & (pred != labels))
     bad = bad[np.argsort(-conf[bad], kind="stable")]
     return [{"holdout_index": int(i), **({"training_row": int(rows[i])} if rows is not None else {}),
+             "field": field_start is not None and bool(i >= field_start),
              "label": int(labels[i]), "predicted": int(pred[i]), "confidence": float(conf[i])} for i in bad]
 
 
@@ -167,6 +169,19 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     ckpt_path = out_dir / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
     model = build_pipeline(ckpt)
+    field_info, field_start = None, None
+    if (ckpt["train_config"].get("field_fraction") or 0) > 0:
+        # A model trained for the field is calibrated for it too: the gate is fitted and
+        # certified on the held-out frames and on one camera rendering of each (seeded), so
+        # its guarantee covers what a device's preprocessing produces.
+        from .field import HOLDOUT_SEED, field_copies
+        fx, kept = field_copies(holdout.images)
+        field_start = len(holdout)
+        field_info = {"seed": HOLDOUT_SEED, "frames": int(len(kept)), "refused_by_preprocess": int(len(holdout) - len(kept))}
+        holdout = Dataset(np.concatenate([holdout.images, fx]), np.concatenate([holdout.labels, holdout.labels[kept]]),
+                          source=f"{holdout.source} + one field rendering of each")
+        if holdout_rows is not None:
+            holdout_rows = np.concatenate([np.asarray(holdout_rows), np.asarray(holdout_rows)[kept]])
     lh, nh = _outputs(model, holdout.images)
     if test_eval is None:
         test_eval = evaluate_test(model, test)
@@ -218,9 +233,10 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     conf_chosen = gate.confidence_np(lt, chosen, nt)
     st = gate.gate_stats(conf_chosen, ok_t, chosen["threshold"])
     held_errors = accepted_errors(chosen, lh, holdout.labels, nh,
-                                  None if holdout_rows is None else np.asarray(holdout_rows))
+                                  None if holdout_rows is None else np.asarray(holdout_rows), field_start)
     gate_metrics = {
         "method": method, "score": chosen["score"], "threshold": chosen["threshold"],
+        "field_holdout": field_info,
         "target_risk": chosen.get("target_risk"), "delta": chosen.get("delta"),
         "test": {**st, "aurc": gate.aurc(conf_chosen, ok_t)},
         "ece_15_bins": {"before_temperature": gate.ece(p_before, ok_t), "after_temperature": gate.ece(p_after, ok_t),

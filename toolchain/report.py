@@ -140,3 +140,23 @@ def accepted_errors(images: np.ndarray, rows: list[dict[str, Any]], title: str, 
     fig.suptitle(f"{title} (given label -> model's, gate score)" if n else f"{title}: none", fontsize=9,
                  y=1.0 + 0.12 / lines)
     _save(fig, path)
+
+
+def field_plot(res: dict[str, Any], path: Path) -> None:
+    """Accuracy, coverage and selective risk per field level (``lenet-tool field``)."""
+    names = list(res["levels"])
+    rows = [res["levels"][k] for k in names]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    x = np.arange(len(names))
+    a1.bar(x - 0.2, [100 * r["accuracy"] for r in rows], 0.4, label="accuracy")
+    a1.bar(x + 0.2, [100 * r["coverage"] for r in rows], 0.4, label="coverage (accepted)")
+    a1.set_ylim(50, 100)
+    a1.set_xticks(x, names, rotation=45, ha="right")
+    a1.set_ylabel("%")
+    a1.legend(loc="lower left")
+    a1.set_title("Camera crops per level")
+    a2.bar(x, [100 * r["selective_risk"] for r in rows], 0.6, color="tab:red")
+    a2.set_xticks(x, names, rotation=45, ha="right")
+    a2.set_ylabel("selective risk, %")
+    a2.set_title("Errors among accepted crops")
+    _save(fig, path)

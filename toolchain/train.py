@@ -56,6 +56,13 @@ class TrainConfig:
     # Two views (+-15) certify as much coverage as four (+-7.5, +-15) did over three models, at
     # three network passes instead of five: that keeps batch-1 inference >= 5x PyTorch eager.
     view_rotations: tuple[float, ...] = (-15.0, 15.0)
+    # The field: this share of each batch is camera crops of training digits (toolchain.field's
+    # renderer) turned back into frames by the torch twin of runtime.preprocess, drawn from a
+    # bank of ``field_bank`` such frames of which ``field_refresh`` are rendered anew each epoch
+    # (rendering every batch afresh would cost more than the training itself on 2 CPU cores).
+    field_fraction: float = 0.25
+    field_bank: int = 8192
+    field_refresh: int = 1024
     holdout_fraction: float = 0.2
     seed: int = 0
     deterministic: bool = False
@@ -76,7 +83,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "seed": dict(arch="lenet5-classic", epochs=940, batch_size=100, optimizer="sgd", lr=0.01, momentum=0.9,
                  weight_decay=0.0, schedule="constant", rotation=25.0, rotation_mode="nearest", invert_p=0.5,
-                 polarity="none", outlier_fraction=0.0, view_rotations=()),
+                 polarity="none", outlier_fraction=0.0, view_rotations=(), field_fraction=0.0),
 }
 
 
@@ -108,6 +115,10 @@ def validate_config(cfg: TrainConfig) -> None:
         (0.0 <= cfg.translate <= 8.0, f"translate {cfg.translate}: expected pixels in [0, 8]"),
         (0.0 <= cfg.outlier_fraction <= 1.0, f"outlier fraction {cfg.outlier_fraction}: expected a value in [0, 1]"),
         (0.0 <= cfg.outlier_weight <= 10.0, f"outlier weight {cfg.outlier_weight}: expected a value in [0, 10]"),
+        (0.0 <= cfg.field_fraction < 1.0, f"field fraction {cfg.field_fraction}: expected a value in [0, 1)"),
+        (cfg.field_bank >= 1 and 0 <= cfg.field_refresh <= cfg.field_bank,
+         f"field bank {cfg.field_bank} / refresh {cfg.field_refresh}: expected a bank of at least 1 and a refresh "
+         "no larger than it"),
         (cfg.optimizer in ("adamw", "sgd"), f"optimizer {cfg.optimizer!r}: expected 'adamw' or 'sgd'"),
         (cfg.schedule in ("onecycle", "constant"), f"schedule {cfg.schedule!r}: expected 'onecycle' or 'constant'"),
         (cfg.polarity in ("auto", "none"), f"polarity {cfg.polarity!r}: expected 'auto' or 'none'"),
@@ -204,10 +215,67 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
     return {"loss": loss, "accuracy": acc, "logits": logits}
 
 
+#: The field bank's share of non-digits, per unit of ``outlier_fraction`` (0.25 -> a fifth).
+FIELD_OUTLIER_SHARE = 0.8
+
+
+@dataclass
+class FieldBank:
+    """Field frames on the training device: uint8 ``x`` ``(B, 1, 28, 28)`` and labels ``y``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    cursor: int = 0
+
+    @classmethod
+    def build(cls, x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generator, outliers: float) -> FieldBank:
+        pick = torch.randint(0, x.shape[0], (size,), device=x.device, generator=gen)
+        fx, fy = _field_batch(x[pick], y[pick], gen, outliers)
+        return cls(fx, fy)
+
+    def refresh(self, x: torch.Tensor, y: torch.Tensor, count: int, gen: torch.Generator, outliers: float) -> None:
+        """Render ``count`` new frames over the oldest ones."""
+        if count <= 0:
+            return
+        pick = torch.randint(0, x.shape[0], (count,), device=x.device, generator=gen)
+        fx, fy = _field_batch(x[pick], y[pick], gen, outliers)
+        slots = (torch.arange(count, device=x.device) + self.cursor) % self.x.shape[0]
+        self.x[slots], self.y[slots] = fx, fy
+        self.cursor = int((self.cursor + count) % self.x.shape[0])
+
+
+def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outliers: float = 0.0,
+                 chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Field frames (uint8) of training digits; a crop the preprocessing refuses keeps its plain frame.
+
+    The first ``outliers`` share are non-digits (:func:`toolchain.field.make_field_outliers`)
+    shot and preprocessed the same way, labelled -1: after preprocessing, a non-digit is scaled
+    and centred like a digit, and outlier exposure must see that too.
+    """
+    from .field import TRAIN_LEVEL, field_frames, make_field_outliers
+    y = y.clone()
+    k = int(round(outliers * x_u8.shape[0]))
+    xs = []
+    for i in range(0, x_u8.shape[0], chunk):
+        xb = x_u8[i:i + chunk].float() / 255.0
+        if i < k:
+            m = min(k - i, xb.shape[0])
+            xb = torch.cat([make_field_outliers(xb[:m], gen, y[i:i + m]), xb[m:]])
+        fr, code = field_frames(xb, TRAIN_LEVEL, gen)
+        xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
+    y[:k] = -1
+    return torch.round(torch.cat(xs) * 255).to(torch.uint8), y
+
+
 def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, x: torch.Tensor,
                     y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
-                    on_batch: Callable[[int], None] | None = None) -> float:
-    """One pass over ``x`` in shuffled batches with augmentation; returns the mean loss."""
+                    on_batch: Callable[[int], None] | None = None,
+                    bank: FieldBank | None = None) -> float:
+    """One pass over ``x`` in shuffled batches with augmentation; returns the mean loss.
+
+    With a field ``bank``, the first ``cfg.field_fraction`` of each batch is replaced by
+    field frames (and their labels) drawn from it; those get no further augmentation.
+    """
     model.train()
     n = x.shape[0]
     perm = torch.randperm(n, device=x.device, generator=gen)
@@ -215,15 +283,28 @@ def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
     for i in range(0, n, cfg.batch_size):
         idx = perm[i:i + cfg.batch_size]
         xb = augment(x[idx].float() / 255.0, cfg.rotation, cfg.invert_p, gen, cfg.rotation_mode, cfg.translate)
+        yb = y[idx]
+        if bank is not None:
+            k = int(round(cfg.field_fraction * idx.numel()))
+            pick = torch.randint(0, bank.x.shape[0], (k,), device=x.device, generator=gen)
+            xb = torch.cat([bank.x[pick].float() / 255.0, xb[k:]])
+            yb = torch.cat([bank.y[pick], yb[k:]])
         n_out = int(round(cfg.outlier_fraction * idx.numel()))
         if n_out:
-            xo = make_outliers(xb[:n_out], gen, y[idx][:n_out])
-            logits = model(torch.cat([xb, xo]))
-            loss = F.cross_entropy(logits[:idx.numel()], y[idx])
-            # Cross-entropy to the uniform distribution (Hendrycks et al., outlier exposure).
-            loss = loss - cfg.outlier_weight * logits[idx.numel():].log_softmax(1).mean()
+            xo = make_outliers(xb[-n_out:], gen, yb[-n_out:])
+            xb = torch.cat([xb, xo])
+            yb = torch.cat([yb, torch.full((n_out,), -1, device=yb.device, dtype=yb.dtype)])
+        logits = model(xb)
+        if bank is not None or n_out:
+            # Non-digits (label -1: synthetic outliers, and the bank's field outliers) are trained
+            # toward the uniform distribution (Hendrycks et al., outlier exposure).
+            out = yb < 0
+            loss = F.cross_entropy(logits[~out], yb[~out])
+            if cfg.outlier_weight > 0:
+                lo = -logits[out].log_softmax(1).mean(1)
+                loss = loss + cfg.outlier_weight * lo.sum() / max(n_out, 1)
         else:
-            loss = F.cross_entropy(model(xb), y[idx])
+            loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -330,8 +411,10 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
     history: list[dict[str, float]] = []
     best_loss, best_epoch, start_epoch, seconds = math.inf, 0, 0, 0.0
     best_state: dict[str, torch.Tensor] | None = None
+    saved_bank: dict[str, Any] | None = None
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
+        saved_bank = state.get("field_bank")
         saved = state["train_config"]
         # The one-cycle schedule is laid out over the whole run: only a constant rate can be extended.
         fixed = {"epochs"} if cfg.schedule == "constant" else set()
@@ -351,12 +434,25 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         best_loss, best_epoch = state["best_val_loss"], state["best_epoch"]
         best_state = state["best_state_dict"]
         start_epoch, seconds = state["epoch"], state["seconds"]
+    bank: FieldBank | None = None
+    if cfg.field_fraction > 0 and start_epoch < cfg.epochs:
+        if saved_bank is not None:  # the bank as it was, so a resumed run is the uninterrupted run
+            bank = FieldBank(saved_bank["x"].to(device), saved_bank["y"].to(device), int(saved_bank["cursor"]))
+        else:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                bank = FieldBank.build(x_tr, y_tr, cfg.field_bank, gen, cfg.outlier_fraction * FIELD_OUTLIER_SHARE)
+            seconds += time.perf_counter() - t0
     if on_start is not None:
         on_start(start_epoch, x_tr.shape[0])
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, opt, sched, x_tr, y_tr, cfg, gen, on_batch)
+        # Every epoch but the one a bank was just rendered for refreshes a part of it.
+        if bank is not None and epoch > 0 and not (epoch == start_epoch and saved_bank is None):
+            with torch.no_grad():
+                bank.refresh(x_tr, y_tr, cfg.field_refresh, gen, cfg.outlier_fraction * FIELD_OUTLIER_SHARE)
+        train_loss = train_one_epoch(model, opt, sched, x_tr, y_tr, cfg, gen, on_batch, bank)
         val = evaluate(model, x_ho, y_ho)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -377,6 +473,7 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
             "generator": gen.get_state().cpu(), "history": history, "best_val_loss": best_loss,
             "best_epoch": best_epoch, "best_state_dict": best_state, "epoch": epoch + 1, "seconds": seconds,
+            "field_bank": None if bank is None else {"x": bank.x.cpu(), "y": bank.y.cpu(), "cursor": bank.cursor},
         })
         if on_epoch is not None:
             on_epoch(rec)

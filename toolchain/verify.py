@@ -41,8 +41,9 @@ def seed_protocol_images(images: np.ndarray) -> np.ndarray:
 
 
 def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backend: str = "auto",
-           tolerances: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the checkpoint and each exported file on the test set and the seed-protocol set.
+           tolerances: dict[str, Any] | None = None, field_images: int = 1000) -> dict[str, Any]:
+    """Run the checkpoint and each exported file on the test set and the seed-protocol set,
+    then ``model.onnx`` on ``field_images`` test digits rendered as 'mild' camera crops.
 
     Returns ``{"passed": bool, "manifest": [...problems], "files": [...]}``; each file has
     one comparison report per image set (see :func:`exporters.validate.compare`).
@@ -96,8 +97,14 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
         results.append(entry)
     failed = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
                                    for r in results)
+    field_mild = None
+    if field_images and (artifact / "model.onnx").is_file():
+        # The device's path on camera crops: reported beside the checks, not a pass/fail of its own
+        # (the field's targets are the model's, not the export's).
+        from .fieldbench import run_field
+        field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0, backend=backend)
     return {"passed": not failed, "manifest": problems, "files": results, "seconds": time.perf_counter() - t0,
-            "n_test": len(test)}
+            "n_test": len(test), "field_mild": field_mild}
 
 
 def format_verify(res: dict[str, Any]) -> str:
@@ -115,6 +122,12 @@ def format_verify(res: dict[str, Any]) -> str:
         lines.append(f"{r['file']} on {r['backend']} ({', '.join(r['providers'])}):")
         for rep in r["reports"].values():
             lines.append("  " + rep.describe().replace("\n", "\n  "))
+    fm = res.get("field_mild")
+    if fm:
+        m = fm["levels"]["mild"]
+        lines.append(f"field, mild camera crops ({fm['n']} test digits, runtime.preprocess + {fm['model']}): "
+                     f"accuracy {100 * m['accuracy']:.2f}%, coverage {100 * m['coverage']:.2f}%, selective risk "
+                     f"{100 * m['selective_risk']:.3f}%")
     lines.append(f"verify: {'PASS' if res['passed'] else 'FAIL'} ({res['seconds']:.1f} s, {res['n_test']} test images "
                  "and their seed-protocol versions)")
     return "\n".join(lines)

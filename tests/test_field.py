@@ -1,0 +1,148 @@
+"""The field: camera rendering, the torch twin of runtime.preprocess, field training and `lenet-tool field`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from runtime import Classifier, find_digits, preprocess_batch
+from runtime.preprocess import REASONS
+from toolchain import field
+from toolchain.cli import main
+from toolchain.fieldbench import non_digit_frames, render_crops
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_test):
+    return torch.from_numpy(mnist_test.images[:300].copy()).float().unsqueeze(1) / 255.0
+
+
+@pytest.mark.parametrize("name", ["clean", "mild", "harsh", "specks", "gradient", "noise", "blur", "jpeg",
+                                  "polarity", "scale", "perspective"])
+def test_torch_twin_agrees_with_numpy(digits, name):
+    crops = field.render(digits, field.LEVELS[name], torch.Generator().manual_seed(3))
+    frames, code = field.preprocess_torch(crops)
+    ref = preprocess_batch(torch.round(crops * 255).to(torch.uint8).numpy())
+    ours = torch.round(frames * 255).to(torch.uint8).numpy().astype(int)
+    same_refusal = np.array([(REASONS[k - 1] if k else None) == r for k, r in zip(code.tolist(), ref.refusals)])
+    assert same_refusal.mean() >= 0.99
+    diff = np.abs(ours - ref.images.astype(int)).reshape(len(ours), -1).max(1)[same_refusal]
+    assert np.mean(diff <= 1) >= 0.98 and diff.max() <= 8, np.percentile(diff, [50, 99, 100])
+
+
+def test_render_is_seeded_and_shaped(digits):
+    a = field.render(digits[:20], field.HARSH, torch.Generator().manual_seed(1))
+    b = field.render(digits[:20], field.HARSH, torch.Generator().manual_seed(1))
+    c = field.render(digits[:20], field.HARSH, torch.Generator().manual_seed(2))
+    assert a.shape == (20, 96, 96) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and torch.equal(torch.round(a * 255) / 255, a)
+    clean = field.render(digits[:20], field.CLEAN)
+    # Clean crops: dark ink on 0.85 paper, nothing else.
+    assert torch.isclose(clean[:, :4, :4], torch.tensor(0.85), atol=1 / 255).all() and clean.min() < 0.3
+
+
+def test_colourise_keeps_the_luma(digits):
+    gray = field.render(digits[:10], field.MILD, torch.Generator().manual_seed(0))
+    rgb = field.colourise(gray, torch.Generator().manual_seed(0))
+    luma = rgb @ torch.tensor([0.299, 0.587, 0.114])
+    assert rgb.shape == (10, 64, 64, 3) and (luma - gray).abs().max() < 0.02
+    assert (rgb[..., 0] - rgb[..., 2]).abs().max() > 0.01  # really tinted
+
+
+def test_field_frames_are_mnist_like(digits, mnist_test):
+    frames, code = field.field_frames(digits[:200], field.MILD, torch.Generator().manual_seed(0))
+    assert frames.shape == (200, 1, 28, 28) and (code == 0).float().mean() > 0.98
+    ok = code == 0
+    corr = [np.corrcoef(f.ravel(), d.ravel())[0, 1] for f, d in zip(frames[ok, 0].numpy(), digits[:200][ok, 0].numpy())]
+    assert np.median(corr) > 0.85
+
+
+def test_bank_holds_field_digits_and_labelled_outliers(mnist_train):
+    from toolchain.train import FieldBank
+    x = torch.from_numpy(mnist_train.images[:500].copy()).unsqueeze(1)
+    y = torch.from_numpy(mnist_train.labels[:500].astype(np.int64))
+    g = torch.Generator().manual_seed(0)
+    bank = FieldBank.build(x, y, 256, g, outliers=0.25)
+    assert bank.x.dtype == torch.uint8 and bank.x.shape == (256, 1, 28, 28)
+    assert (bank.y[:64] == -1).all() and (bank.y[64:] >= 0).all()
+    before = bank.x.clone()
+    bank.refresh(x, y, 32, g, outliers=0.0)
+    changed = (bank.x != before).flatten(1).any(1)
+    assert changed[:32].float().mean() > 0.9 and not changed[32:].any() and bank.cursor == 32
+
+
+def test_non_digit_kinds_render(mnist_test):
+    rng = np.random.default_rng(0)
+    for kind in ("paper", "texture", "clutter", "letters"):
+        f = non_digit_frames(kind, 8, rng, mnist_test.images[:8])
+        assert f.shape == (8, 28, 28) and f.dtype == np.uint8
+    with pytest.raises(ValueError, match="non-digit kind 'x'"):
+        non_digit_frames("x", 1, rng, mnist_test.images[:1])
+    crops = render_crops(mnist_test.images[:4], field.LEVELS["rgb"], 0)
+    assert crops.shape == (4, 64, 64, 3) and crops.dtype == np.uint8
+
+
+@pytest.fixture(scope="module")
+def art(onnx_artifact):
+    return onnx_artifact
+
+
+def test_the_gate_is_calibrated_on_field_frames_too(artifact):
+    metrics = json.loads((artifact / "metrics.json").read_text())
+    fh = metrics["gate"]["field_holdout"]
+    calib = json.loads((artifact / "calibration.json").read_text())
+    assert fh["frames"] + fh["refused_by_preprocess"] == 1200  # one rendering of each held-out frame
+    assert calib["fit"]["n"] == 1200 + fh["frames"]
+
+
+def test_field_command(art):
+    r = CliRunner().invoke(main, ["field", str(art), "--images", "150", "--non-digits", "40", "--level", "clean",
+                                  "--level", "harsh", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert set(res["levels"]) == {"clean", "harsh"} and res["model"].startswith("model.onnx")
+    for row in res["levels"].values():
+        assert 0 <= row["selective_risk"] <= 1 and row["accepted"] <= row["n"] == 150
+        assert row["coverage"] == pytest.approx(row["accepted"] / 150)
+    assert res["levels"]["clean"]["accuracy"] > 0.8  # the session's tiny model, on clean crops
+    mf = res["mnist_frames"]
+    assert mf["raw"]["n"] == mf["preprocessed"]["n"] == 150
+    assert abs(mf["raw"]["accuracy"] - mf["preprocessed"]["accuracy"]) < 0.05  # preprocess keeps MNIST's frames
+    assert set(res["non_digits"]) == {"paper", "texture", "clutter", "letters", "all"}
+    assert (art / "field.json").is_file() and (art / "report" / "field.png").stat().st_size > 1000
+    text = CliRunner().invoke(main, ["field", str(art), "--images", "50", "--non-digits", "0", "--level", "mild"])
+    assert text.exit_code == 0 and "mild" in text.output and "Field benchmark: 50 test digits" in text.output
+    bad = CliRunner().invoke(main, ["field", str(art), "--level", "foggy"])
+    assert bad.exit_code == 2 and "field level(s) foggy: expected some of clean, mild, harsh" in bad.output
+
+
+def test_outright_refusals_survive_a_threshold_override(art):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)
+    with pytest.warns(UserWarning):
+        loose = Classifier(art / "model.onnx", threshold=0.0)
+    p = loose.predict(noise)
+    assert (p.confidences == 0).all() and not p.accepted.any()
+
+
+def test_predict_reads_every_digit_of_a_photo(art, tmp_path, mnist_test):
+    from PIL import Image
+    idx = [3, 2, 1]  # a 0, a 1 and a 2
+    frame = np.full((90, 240), 200.0)
+    for j, i in enumerate(idx):
+        frame[14:70, 20 + 72 * j:76 + 72 * j] -= 150 * np.kron(mnist_test.images[i] / 255.0, np.ones((2, 2)))
+    path = tmp_path / "meter.png"
+    Image.fromarray(frame.astype(np.uint8)).save(path)
+    assert len(find_digits(np.asarray(Image.open(path)))) == 3
+    r = CliRunner().invoke(main, ["predict", str(art), str(path), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)["results"]
+    assert [row["label"] for row in rows] == mnist_test.labels[idx].tolist()
+    assert all(row["input"].startswith(f"{path}@") and len(row["box"]) == 4 for row in rows)
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "blank.png")
+    r = CliRunner().invoke(main, ["predict", str(art), str(tmp_path / "blank.png")])
+    assert r.exit_code == 0 and "REFUSED (no digit found)" in r.output
