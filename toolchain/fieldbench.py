@@ -78,7 +78,7 @@ def render_crops(images: np.ndarray, level: field.FieldLevel, seed: int) -> np.n
     return torch.round(crops * 255).to(torch.uint8).numpy()
 
 
-def non_digit_frames(kind: str, n: int, rng: np.random.Generator, digits: np.ndarray) -> np.ndarray:
+def non_digit_frames(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Light-on-dark 28x28 'frames' of things that are no digit, for the renderer to shoot."""
     if kind == "letters":
         return ood.letters(n, rng)
@@ -165,7 +165,7 @@ def run_field(artifact: Path, test: Dataset, *, n: int = 2000, levels: list[str]
         rng = np.random.default_rng(99)
         shoot = replace(field.MILD, specks=2)
         for i, kind in enumerate(NON_DIGIT_KINDS):
-            crops = render_crops(non_digit_frames(kind, non_digits, rng, images), shoot, 5000 + i)
+            crops = render_crops(non_digit_frames(kind, non_digits, rng), shoot, 5000 + i)
             nd[kind] = _measure(decide, crops, None)
         nd["all"] = {"coverage": float(np.mean([v["coverage"] for v in nd.values()]))}
     return {"model": decide.what, "n": int(len(images)), "mnist_frames": mnist, "levels": rows, "non_digits": nd,
