@@ -218,6 +218,7 @@ def test_cli_train_writes_the_artifact_contract(tmp_path, small_split):
 @pytest.mark.parametrize("args, message", [
     (["--train-csv", "{bad}"], "line 2, pixel 3: 'abc' is not an integer"),
     (["--epochs", "0"], "epochs 0: expected at least 1"),
+    (["--field-fraction", "1.5"], r"field fraction 1.5: expected a value in \[0, 1\)"),
     (["--view-rotations", "10,x"], "'10,x': expected comma-separated degrees such as -15,-7.5,7.5,15, or 'none'"),
     (["--target-risk", "2"], r"Invalid value for '?--target-risk'?: 2.0: expected a value in \(0, 1\)"),
 ])
