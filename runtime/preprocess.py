@@ -107,7 +107,7 @@ class Frames:
 
 # --------------------------------------------------------------------------- input
 
-def to_gray(crop: Any, channels: str = "rgb", *, what: str = "crop") -> tuple[np.ndarray, tuple[int, ...]]:
+def _to_float(crop: Any, channels: str = "rgb", *, what: str = "crop") -> tuple[np.ndarray, tuple[int, ...]]:
     """Pixels of a crop (or a stack of them) as float32 in [0, 1], and the shape given; colour stays.
 
     Raises:
@@ -134,7 +134,7 @@ def to_gray(crop: Any, channels: str = "rgb", *, what: str = "crop") -> tuple[np
 
 def _gray_stack(crops: Any, channels: str, batch: bool) -> np.ndarray:
     what = "crops" if batch else "crop"
-    x, shape = to_gray(crops, channels, what=what)
+    x, shape = _to_float(crops, channels, what=what)
     core = shape[1:] if batch else shape
     if batch and len(shape) not in (3, 4):
         raise ValueError(f"crops of shape {shape}: expected (N, H, W) or (N, H, W, C)")
