@@ -120,6 +120,19 @@ def test_field_command(art):
     assert bad.exit_code == 2 and "field level(s) foggy: expected some of clean, mild, harsh" in bad.output
 
 
+def test_field_refuses_a_model_file_older_than_the_gate(art, tmp_path):
+    import shutil
+
+    from toolchain.checkpoint import load_checkpoint, save_checkpoint
+    stale = tmp_path / "art"
+    shutil.copytree(art, stale)
+    ckpt = load_checkpoint(stale / "checkpoint.pt")
+    ckpt["calibration"] = {**ckpt["calibration"], "threshold": 0.5}  # as if recalibrated after export
+    save_checkpoint(stale / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    r = CliRunner().invoke(main, ["field", str(stale), "--images", "20", "--non-digits", "0", "--level", "clean"])
+    assert r.exit_code == 2 and "the artifact was recalibrated after export" in r.output, r.output
+
+
 def test_outright_refusals_survive_a_threshold_override(art):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (20, 28, 28), dtype=np.uint8)

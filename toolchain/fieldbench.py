@@ -38,7 +38,16 @@ class Decider:
         onnx = artifact / "model.onnx"
         if onnx.is_file():
             from runtime import Classifier
+            from runtime.fileio import ArtifactError
+
+            from .checkpoint import load_checkpoint
             self._clf: Any = Classifier(onnx, backend=backend)
+            calib = load_checkpoint(artifact / "checkpoint.pt").get("calibration") or {}
+            if float(self._clf.metadata["gate"]["threshold"]) != float(calib.get("threshold", -1.0)):
+                # The gate is baked into the file: measuring it would measure the previous gate.
+                raise ArtifactError(f"{onnx}: its gate (threshold {self._clf.metadata['gate']['threshold']:.6g}) is not "
+                                    f"the checkpoint's ({calib.get('threshold')}): the artifact was recalibrated after "
+                                    f"export; run 'lenet-tool export {artifact} --target onnx' again")
             self.what = f"{onnx.name} on {self._clf.backend}"
         else:
             from exporters.graph import GatedModel
