@@ -400,7 +400,7 @@ def verify(artifact: Path, files: tuple[Path, ...], backend: str, test_csv: Path
 
     Hashes are checked against manifest.json first; then each file runs through runtime on the
     full test set and its seed-protocol version. Exit 1 if anything disagrees. Then model.onnx
-    runs on 'mild' camera crops of the test digits (see 'lenet-tool field'), reported.
+    runs on 'mild' camera crops of the test digits (see 'lenet-tool field'), reported, when every file passed.
     """
     from .data import load_dataset
     from .verify import format_verify, to_json

@@ -98,9 +98,9 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
     failed = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
                                    for r in results)
     field_mild = None
-    if field_images and (artifact / "model.onnx").is_file():
+    if field_images and not failed and (artifact / "model.onnx").is_file():
         # The device's path on camera crops: reported beside the checks, not a pass/fail of its own
-        # (the field's targets are the model's, not the export's).
+        # (the field's targets are the model's, not the export's); only for files that passed.
         from .fieldbench import run_field
         field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0, backend=backend)
     return {"passed": not failed, "manifest": problems, "files": results, "seconds": time.perf_counter() - t0,
