@@ -62,7 +62,7 @@ def rss_mb() -> float:
 def field_crops(images: np.ndarray, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """``n`` 64x64 camera crops (the field's 'mild' level) and one 480x480 crop, uint8."""
     from .field import MILD, render
-    x = torch.from_numpy(np.ascontiguousarray(images[:n]).reshape(-1, 1, 28, 28)).float() / 255.0
+    x = torch.from_numpy(np.array(images[:n], dtype=np.uint8).reshape(-1, 1, 28, 28)).float() / 255.0
     g = torch.Generator().manual_seed(0)
     small = torch.round(render(x, MILD, g) * 255).to(torch.uint8).numpy()
     big = torch.round(render(x[:1], replace(MILD, zoom=(15.0, 15.0), size=480), g) * 255).to(torch.uint8).numpy()[0]

@@ -433,7 +433,7 @@ def field_copies(images: np.ndarray, seed: int = HOLDOUT_SEED, level: FieldLevel
     g = torch.Generator().manual_seed(seed)
     frames, keep = [], []
     for i in range(0, len(images), chunk):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + chunk])).float().unsqueeze(1) / 255.0
+        x = torch.from_numpy(np.array(images[i:i + chunk], dtype=np.uint8)).float().unsqueeze(1) / 255.0
         fr, code = field_frames(x, level, g)
         ok = (code == 0).numpy()
         frames.append(torch.round(fr[:, 0] * 255).to(torch.uint8).numpy()[ok])

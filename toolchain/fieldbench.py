@@ -66,7 +66,7 @@ class Decider:
             return p.labels, p.accepted
         labels, accepted = [], []
         for i in range(0, len(frames), 1024):
-            x = torch.from_numpy(np.ascontiguousarray(frames[i:i + 1024])).unsqueeze(1)
+            x = torch.from_numpy(np.array(frames[i:i + 1024], dtype=np.uint8)).unsqueeze(1)  # a writable copy
             _, _, lab, acc = self._model(x)
             labels.append(lab.numpy())
             accepted.append(acc.numpy())
