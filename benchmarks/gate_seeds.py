@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from toolchain import jobs
 from toolchain.checkpoint import load_checkpoint
 from toolchain.data import embedded_mnist
+from toolchain.gate import GateConfig
 from toolchain.train import make_config
 
 
@@ -67,7 +68,8 @@ def main() -> None:
             gates = [(None, m["gate"])]
             if floors:
                 holdout = jobs.holdout_from_checkpoint(load_checkpoint(Path(d) / "checkpoint.pt"), train, d)
-                gates += [(f, jobs.calibrate(Path(d), holdout=holdout, test=test, energy_floor=f)) for f in floors]
+                gates += [(f, jobs.calibrate(Path(d), holdout=holdout, test=test, gate_cfg=GateConfig(energy_floor=f)))
+                          for f in floors]
         for floor, g in gates:
             rows.append({"name": f"seed {seed}" + "".join(f" {k}={v}" for k, v in overrides.items()) +
                                  (f" floor {floor:g}" if floor is not None else ""),

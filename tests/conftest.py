@@ -51,12 +51,13 @@ def artifact(tmp_path_factory, small_split):
     import torch
 
     from toolchain import jobs
+    from toolchain.gate import GateConfig
     from toolchain.train import make_config
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("artifact")
     cfg = make_config("default", epochs=3, outlier_fraction=0.0)
     tr, te = small_split
-    jobs.train(cfg, out, tr, te, gate_options=dict(target_risk=0.02, delta=0.1))
+    jobs.train(cfg, out, tr, te, gate_cfg=GateConfig(target_risk=0.02, delta=0.1))
     return out
 
 

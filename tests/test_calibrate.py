@@ -12,9 +12,11 @@ import torch
 from click.testing import CliRunner
 
 from runtime.fileio import sha256_file
-from toolchain.checkpoint import load_checkpoint, save_checkpoint
+from toolchain import gate
+from toolchain.checkpoint import build_pipeline, load_checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import write_csv
+from toolchain.train import predict_logits, predict_novelty
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +145,31 @@ def test_calibrate_names_the_accepted_held_out_errors(artifact, setup, tmp_path,
     assert out["accepted_holdout_errors"][0] == errs[0]
 
 
-def test_cannot_certify_exits_1(artifact, setup, tmp_path):
+def test_cannot_certify_exits_1_under_strict_risk(artifact, setup, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(artifact, art)
     before = (art / "calibration.json").read_bytes()
-    r = _run(art, setup, "--target-risk", "0.00001")
+    r = _run(art, setup, "--target-risk", "0.00001", "--strict-risk")
     assert r.exit_code == 1
     assert "cannot certify a selective risk of 1e-05" in r.output
     assert (art / "calibration.json").read_bytes() == before  # nothing written
+
+
+def test_uncertifiable_risk_climbs_the_ladder(artifact, setup, tmp_path):
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    r = _run(art, setup, "--target-risk", "0.00001", "--json")
+    assert r.exit_code == 0, r.output
+    g = json.loads(r.output)
+    calib = json.loads((art / "calibration.json").read_text())
+    assert g["requested_risk"] == 1e-05 and g["certified"] is True
+    assert g["target_risk"] in gate.RISK_LADDER and g["target_risk"] == calib["target_risk"]
+    assert calib["certified_bound"] <= calib["target_risk"]
+    # the first rung the held-out data can certify: the rung below it fails at the first threshold
+    assert g["certification_line"].startswith(f"Gate: certified selective risk <= {100 * g['target_risk']:g}% ")
+    assert "the asked 0.001% could not be certified" in g["certification_line"]
+    text = _run(art, setup, "--target-risk", "0.00001").output
+    assert g["certification_line"] in text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -199,4 +218,11 @@ def test_user_ood_data_is_measured(artifact, setup, tmp_path, mnist_test):
     assert r.exit_code == 0, r.output
     acc = json.loads(r.output)["ood_acceptance"]
     key = next(k for k in acc if k.startswith("user:"))
-    assert 0.0 <= acc[key] <= 1.0 and torch.is_tensor(torch.tensor(acc[key]))
+    # the share the gate accepts, computed again from the calibrated checkpoint by hand
+    ckpt = load_checkpoint(art / "checkpoint.pt")
+    x = torch.from_numpy(flipped.images.copy()).unsqueeze(1)
+    model = build_pipeline(ckpt)
+    with torch.no_grad():
+        logits, nov = predict_logits(model, x).double().numpy(), predict_novelty(model, x).double().numpy()
+    conf = gate.confidence_np(logits, ckpt["calibration"], nov)
+    assert acc[key] == pytest.approx(float((conf >= ckpt["calibration"]["threshold"]).mean()), abs=1e-12)

@@ -62,6 +62,7 @@ if __name__ == "__main__":  # the same checks with hand-made fixtures, for a mac
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from toolchain import jobs
     from toolchain.data import Dataset, embedded_mnist
+    from toolchain.gate import GateConfig
     from toolchain.train import make_config
     if not torch.cuda.is_available():
         print("SKIP: no CUDA GPU on this machine")
@@ -77,7 +78,7 @@ if __name__ == "__main__":  # the same checks with hand-made fixtures, for a mac
 
         def gated_graph() -> None:
             jobs.train(make_config("default", epochs=3, device="cuda"), art, *split,
-                       gate_options=dict(target_risk=0.02, delta=0.1))
+                       gate_cfg=GateConfig(target_risk=0.02, delta=0.1))
             test_gated_graph_same_on_cuda_and_cpu(art, test)
 
         for check in (lambda: test_train_on_cuda_learns(Path(d) / "a", split), gated_graph,

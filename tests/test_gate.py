@@ -119,8 +119,8 @@ def test_confidence_scores_in_unit_interval_and_torch_numpy_agree():
     labels = logits.argmax(1)
     labels[:20] = (labels[:20] + 1) % 10
     for score in gate.SCORES:
-        c = gate.fit_gate("guaranteed", np.tile(logits, (5, 1)), np.tile(labels, 5), target_risk=0.2, delta=0.1,
-                          score=score)
+        c = gate.fit_gate(np.tile(logits, (5, 1)), np.tile(labels, 5),
+                          gate.GateConfig(target_risk=0.2, delta=0.1, score=score))
         conf = gate.confidence(torch.from_numpy(logits).float(), c).numpy()
         assert conf.min() >= 0 and conf.max() <= 1
         assert np.allclose(conf, gate.confidence_np(logits, c), atol=1e-6)
@@ -140,7 +140,7 @@ def test_msp_energy_refuses_frames_with_little_evidence():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(4000, 10)) * 6
     labels = logits.argmax(1)
-    c = gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy", energy_floor=10.0)
+    c = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.05, delta=0.1, energy_floor=10.0))
     fit_idx, _ = gate.split_for_scoring(len(labels), 0.1)
     t = c["temperature"]
     energy = t * np.log(np.exp(logits / t).sum(1))
@@ -153,8 +153,7 @@ def test_msp_energy_refuses_frames_with_little_evidence():
     weak = np.array([[2.0] + [0.0] * 9]) * 0.5
     assert gate.confidence_np(weak, c)[0] == 0.0
     with pytest.raises(gate.GateError, match=r"energy floor 100.0: expected a percentile in \[0, 100\)"):
-        gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy",
-                      energy_floor=100.0)
+        gate.GateConfig(target_risk=0.05, delta=0.1, energy_floor=100.0)
 
 
 def test_novelty_ceiling_refuses_far_frames():
@@ -162,8 +161,8 @@ def test_novelty_ceiling_refuses_far_frames():
     logits = rng.normal(size=(4000, 10)) * 6
     labels = logits.argmax(1)
     novelty = rng.gamma(2.0, 0.1, size=4000)
-    c = gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy",
-                      novelty=novelty, novelty_ceiling=95.0)
+    c = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.05, delta=0.1, novelty_ceiling=95.0),
+                      novelty=novelty)
     fit_idx, _ = gate.split_for_scoring(len(labels), 0.1)
     assert c["novelty_ceiling"] == pytest.approx(np.percentile(novelty[fit_idx], 95.0))
     conf = gate.confidence_np(logits, c, novelty)
@@ -173,8 +172,8 @@ def test_novelty_ceiling_refuses_far_frames():
     with pytest.raises(gate.GateError, match="this gate refuses frames by their novelty residual: expected the "
                                              "residuals"):
         gate.confidence_np(logits, c)
-    plain = gate.fit_gate("guaranteed", logits, labels, target_risk=0.05, delta=0.1, score="msp-energy",
-                          novelty=novelty, novelty_ceiling=100.0)
+    plain = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.05, delta=0.1, novelty_ceiling=100.0),
+                          novelty=novelty)
     assert "novelty_ceiling" not in plain
 
 
@@ -182,3 +181,104 @@ def test_fashion_ood_sample_is_verified():
     from toolchain import ood
     imgs = ood.generate("fashion", 500)
     assert imgs.shape == (500, 28, 28) and imgs.dtype == np.uint8 and imgs.mean() > 30
+
+
+# --------------------------------------------------------------------------- the risk ladder and small held-out sets
+
+def _weak_logits(n: int, error_rate: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Confident logits whose label is wrong on ``error_rate`` of frames, whatever the confidence."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=(n, 10)) * 2
+    logits[np.arange(n), rng.integers(0, 10, n)] += rng.uniform(4, 12, n)
+    labels = logits.argmax(1)
+    wrong = rng.random(n) < error_rate
+    labels[wrong] = (labels[wrong] + 1 + rng.integers(0, 9, wrong.sum())) % 10
+    return logits, labels
+
+
+def test_min_holdout_is_the_real_minimum():
+    n = gate.min_holdout(0.1)
+    assert n == 995
+    for size, enough in ((n, True), (n - 1, False)):
+        fit, cert = gate.split_for_scoring(size, 0.1)
+        assert (len(fit) >= gate.MIN_PART and len(cert) >= gate.MIN_PART) == enough
+
+
+def test_small_holdout_gets_the_uncertified_rule_and_says_why():
+    logits, labels = _weak_logits(800, 0.02)
+    c = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.01))
+    assert c["method"] == "empirical" and c["certified"] is False and c["delta"] is None
+    assert c["reason"] == ("800 held-out examples are too few to fit a score and certify a threshold: expected at "
+                           "least 995 (100 to fit the score on, as 10% of them, and 100 to certify with)")
+    conf = gate.confidence_np(logits, c)
+    ok = logits.argmax(1) == labels
+    assert c["threshold"] == gate.empirical_threshold(conf, ok, 0.01)
+    assert gate.gate_stats(conf, ok, c["threshold"])["selective_risk"] <= 0.01
+    assert gate.describe_certification(c).startswith("Gate: NOT certified (800 held-out examples are too few")
+    with pytest.raises(gate.CertificationError, match="expected at least 995"):
+        gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.01, strict_risk=True))
+
+
+@pytest.mark.parametrize("risk, expected", [(0.0, 0.9), (0.34, 0.7), (0.5, 0.6)])
+def test_empirical_threshold_keeps_ties_together(risk, expected):
+    scores = np.array([0.8, 0.9, 0.7, 0.8, 0.6])
+    ok = np.array([True, True, True, False, False])
+    # sorted: 0.9 ok, 0.8 ok, 0.8 wrong (a tie: both or neither), 0.7 ok, 0.6 wrong
+    assert gate.empirical_threshold(scores, ok, risk) == expected
+
+
+def test_empirical_threshold_above_every_score_when_the_surest_frame_errs():
+    t = gate.empirical_threshold(np.array([0.9, 0.5]), np.array([False, True]), 0.1)
+    assert t > 0.9 and not (np.array([0.9, 0.5]) >= t).any()
+
+
+def test_ladder_certifies_the_lowest_rung_it_can():
+    logits, labels = _weak_logits(20000, 0.01)
+    c = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.002))
+    assert c["certified"] is True and c["requested_risk"] == 0.002
+    # errors at every confidence: 1% can be certified only with a little margin, 2% can
+    assert c["target_risk"] == 0.02 and c["certified_bound"] <= 0.02
+    assert c["ladder"] == list(gate.RISK_LADDER)
+    assert "the asked 0.2% could not be certified" in gate.describe_certification(c)
+    with pytest.raises(gate.CertificationError, match="cannot certify a selective risk of 0.002"):
+        gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.002, strict_risk=True))
+    same = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.02, strict_risk=True))
+    assert same["threshold"] == c["threshold"] and same["target_risk"] == 0.02
+
+
+def test_ladder_on_data_that_certifies_the_asked_risk_changes_nothing():
+    logits, labels = _weak_logits(20000, 0.0005)
+    strict = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.01, strict_risk=True))
+    ladder = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.01))
+    assert ladder["threshold"] == strict["threshold"] and ladder["target_risk"] == 0.01
+    assert gate.describe_certification(ladder).endswith(", as asked")
+
+
+def test_nothing_certifiable_falls_back_to_the_empirical_rule():
+    logits, labels = _weak_logits(3000, 0.45)
+    c = gate.fit_gate(logits, labels, gate.GateConfig(target_risk=0.002))
+    assert c["method"] == "empirical" and c["certified"] is False
+    assert c["reason"].startswith("cannot certify a selective risk of 0.2 at delta 0.05 with 2700 held-out")
+
+
+def test_ladder_guarantee_holds_in_simulation():
+    """Over many draws, the certified rung is exceeded by the true risk no more often than delta allows."""
+    rng = np.random.default_rng(3)
+    delta, trials, fails = 0.1, 150, 0
+    grid = np.linspace(0.95, 0.0, 40)  # fixed in advance, most conservative first
+    rungs = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
+
+    def true_risk(theta: float) -> float:  # error probability 0.08 * (1 - s) for s ~ U(0, 1)
+        return 0.08 * (1 - theta) / 2
+
+    for _ in range(trials):
+        fit_s, cert_s = rng.random(300), rng.random(2000)
+        fit_ok = rng.random(300) >= 0.08 * (1 - fit_s)
+        cert_ok = rng.random(2000) >= 0.08 * (1 - cert_s)
+        walk = gate.predict_rung(fit_s, fit_ok, grid[0], 2000, rungs, delta)
+        try:
+            cert, risk = gate.certify_ladder(cert_s, cert_ok, grid, rungs, walk, delta)
+        except gate.CertificationError:
+            continue
+        fails += true_risk(cert.threshold) > risk
+    assert fails / trials <= delta + 3 * np.sqrt(delta * (1 - delta) / trials)

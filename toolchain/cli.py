@@ -68,34 +68,53 @@ def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | N
     return train, test
 
 
+GATE_FIELDS = ("method", "target_risk", "delta", "score", "search", "energy_floor", "novelty_ceiling",
+               "strict_risk")
+
+
 def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The gate's fitting options, shared by train and calibrate."""
+    """The gate's fitting options, shared by train and calibrate: the command gets one
+    ``gate_cfg`` (a :class:`toolchain.gate.GateConfig`) in their place, and ``ood_data``."""
     from .gate import DEFAULT_ENERGY_FLOOR, DEFAULT_NOVELTY_CEILING, DEFAULT_SCORE, METHODS, SCORES
-    fn = click.option("--ood-data", type=click.Path(path_type=Path),
-                      help="Extra out-of-distribution images to measure acceptance on (CSV, IDX file or folder).")(fn)
-    fn = click.option("--search", type=click.Choice(["ltt", "sgr"]), default="ltt", show_default=True,
-                      help="Threshold search: Learn-then-Test fixed sequence, or SGR's binary search.")(fn)
-    fn = click.option("--energy-floor", type=float, default=DEFAULT_ENERGY_FLOOR, show_default=True,
-                      help="msp-energy: refuse frames whose energy is below this percentile of held-out digits'.")(fn)
-    fn = click.option("--novelty-ceiling", type=float, default=DEFAULT_NOVELTY_CEILING, show_default=True,
-                      help="msp-energy: refuse frames whose novelty residual is above this percentile of held-out "
-                           "digits' (100: no such refusal).")(fn)
-    fn = click.option("--score", type=click.Choice(SCORES), default=DEFAULT_SCORE, show_default=True,
-                      help="Gate score of the guaranteed method.")(fn)
-    fn = click.option("--delta", type=float, default=0.05, show_default=True,
-                      help="The guarantee holds with probability at least 1 - delta.")(fn)
-    fn = click.option("--target-risk", type=float, default=0.002, show_default=True,
-                      help="Largest error rate allowed among accepted inputs (guaranteed method).")(fn)
-    fn = click.option("--method", type=click.Choice(METHODS), default="guaranteed", show_default=True,
-                      help="Gate method: temperature scaling with a certified threshold, or the notebook's rule.")(fn)
-    return fn
 
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .gate import GateConfig, GateError
+        for name, value in (("--target-risk", kwargs["target_risk"]), ("--delta", kwargs["delta"])):
+            if not 0.0 < value < 1.0:
+                raise click.BadParameter(f"{value}: expected a value in (0, 1)", param_hint=name)
+        try:
+            cfg = GateConfig(**{k: kwargs.pop(k) for k in GATE_FIELDS})
+        except GateError as e:  # exit 2, like every other bad option
+            raise click.UsageError(str(e)) from None
+        return fn(*args, gate_cfg=cfg, **kwargs)
 
-def _check_gate_args(target_risk: float, delta: float) -> None:
-    if not 0.0 < target_risk < 1.0:
-        raise click.BadParameter(f"{target_risk}: expected a value in (0, 1)", param_hint="--target-risk")
-    if not 0.0 < delta < 1.0:
-        raise click.BadParameter(f"{delta}: expected a value in (0, 1)", param_hint="--delta")
+    opts = [
+        click.option("--method", type=click.Choice(METHODS), default="guaranteed", show_default=True,
+                     help="Gate method: temperature scaling with a certified threshold, or the notebook's rule."),
+        click.option("--target-risk", type=float, default=0.002, show_default=True,
+                     help="Largest error rate allowed among accepted inputs (guaranteed method)."),
+        click.option("--strict-risk", is_flag=True,
+                     help="Fail (exit 1) when --target-risk cannot be certified, instead of certifying the lowest "
+                          "risk of the ladder 0.2%, 0.5%, 1%, 2%, 5%, 10%, 20% that can be (or, on too little "
+                          "held-out data, the uncertified empirical rule)."),
+        click.option("--delta", type=float, default=0.05, show_default=True,
+                     help="The guarantee holds with probability at least 1 - delta."),
+        click.option("--score", type=click.Choice(SCORES), default=DEFAULT_SCORE, show_default=True,
+                     help="Gate score of the guaranteed method."),
+        click.option("--novelty-ceiling", type=float, default=DEFAULT_NOVELTY_CEILING, show_default=True,
+                     help="msp-energy: refuse frames whose novelty residual is above this percentile of held-out "
+                          "digits' (100: no such refusal)."),
+        click.option("--energy-floor", type=float, default=DEFAULT_ENERGY_FLOOR, show_default=True,
+                     help="msp-energy: refuse frames whose energy is below this percentile of held-out digits'."),
+        click.option("--search", type=click.Choice(["ltt", "sgr"]), default="ltt", show_default=True,
+                     help="Threshold search: Learn-then-Test fixed sequence, or SGR's binary search."),
+        click.option("--ood-data", type=click.Path(path_type=Path),
+                     help="Extra out-of-distribution images to measure acceptance on (CSV, IDX file or folder)."),
+    ]
+    for opt in reversed(opts):
+        wrapper = opt(wrapper)
+    return wrapper
 
 
 def _emit(as_json: bool, obj: Any, text: str) -> None:
@@ -163,9 +182,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
           view_rotations: str | None, device: str, seed: int,
           deterministic: bool,
           threads: int | None, resume: bool, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
-          method: str, target_risk: float, delta: float, score: str, energy_floor: float, novelty_ceiling: float,
-          search: str,
-          ood_data: Path | None, quiet: bool, as_json: bool) -> None:
+          gate_cfg: Any, ood_data: Path | None, quiet: bool, as_json: bool) -> None:
     """Train LeNet, evaluate it, calibrate its gate, and write the artifact folder."""
     import torch
 
@@ -173,7 +190,6 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
     from .evaluate import per_class_table
     from .train import environment_report, make_config, resolve_device
 
-    _check_gate_args(target_risk, delta)
     if threads is not None:
         if threads < 1:
             raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
@@ -215,10 +231,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
                             val_acc=f"{100 * rec['val_accuracy']:.2f}%")
 
     try:
-        metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume,
-                             gate_options=dict(method=method, target_risk=target_risk, delta=delta, score=score,
-                                               search=search, energy_floor=energy_floor,
-                                               novelty_ceiling=novelty_ceiling),
+        metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume, gate_cfg=gate_cfg,
                              ood_images=ood_images, ood_name=str(ood_data) if ood_data else None,
                              on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
     finally:
@@ -226,11 +239,12 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
             bar.close()
     g = metrics["gate"]
     text = "\n".join([
-        per_class_table(metrics["test"], [str(i) for i in range(10)]),
+        per_class_table(metrics["test"], metrics["class_names"]),
         f"Test loss: {metrics['test']['loss']:.4f}   training: {metrics['train']['seconds']:.1f} s on "
         f"{metrics['train']['device']}, best epoch {metrics['train']['best_epoch']}",
         f"Gate ({g['method']}, {g['score']}): threshold {g['threshold']:.6f}, test coverage "
         f"{100 * g['test']['coverage']:.2f}%, selective risk {100 * g['test']['selective_risk']:.3f}%",
+        g["certification_line"],
         f"Artifact: {out}",
     ])
     _emit(as_json, metrics, text)
@@ -248,8 +262,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
               help="Held-out data to fit on (IDX folder, 'train'-named files) instead of the checkpoint's split.")
 @click.option("--json", "as_json", is_flag=True, help="Print the gate metrics as JSON.")
 @handle_errors
-def calibrate(artifact: Path, method: str, target_risk: float, delta: float, score: str, energy_floor: float,
-              novelty_ceiling: float, search: str, ood_data: Path | None, train_csv: Path | None,
+def calibrate(artifact: Path, gate_cfg: Any, ood_data: Path | None, train_csv: Path | None,
               test_csv: Path | None, idx_dir: Path | None,
               holdout_csv: Path | None, holdout_idx: Path | None, as_json: bool) -> None:
     """Re-fit the gate of a trained ARTIFACT folder without retraining."""
@@ -257,7 +270,6 @@ def calibrate(artifact: Path, method: str, target_risk: float, delta: float, sco
     from .checkpoint import load_checkpoint
     from .data import load_dataset
 
-    _check_gate_args(target_risk, delta)
     ckpt_path = artifact / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
     if holdout_csv or holdout_idx:
@@ -271,9 +283,7 @@ def calibrate(artifact: Path, method: str, target_risk: float, delta: float, sco
         split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
         rows = ckpt["split"]["holdout_indices"]
     ood_images = jobs.load_ood_images(ood_data) if ood_data else None
-    g = jobs.calibrate(artifact, holdout=holdout, test=test, method=method, score=score, search=search,
-                       target_risk=target_risk, delta=delta, energy_floor=energy_floor,
-                       novelty_ceiling=novelty_ceiling, ood_images=ood_images,
+    g = jobs.calibrate(artifact, holdout=holdout, test=test, gate_cfg=gate_cfg, ood_images=ood_images,
                        ood_name=str(ood_data) if ood_data else None, split_info=split_info, holdout_rows=rows)
     _emit(as_json, g, format_gate_table(g))
 
@@ -283,7 +293,7 @@ def format_gate_table(g: dict[str, Any]) -> str:
     kinds = list(next((r["ood_acceptance"] for r in g["comparison"] if "ood_acceptance" in r), {}))
     head = f"{'method':<11} {'score':<12} {'threshold':>10} {'coverage':>9} {'risk':>8} {'AURC':>8}  " + \
         "  ".join(f"{k[:14]:>14}" for k in kinds)
-    lines = ["Gate comparison (test set; OOD columns: share of frames accepted)", head]
+    lines = [g["certification_line"], "Gate comparison (test set; OOD columns: share of frames accepted)", head]
     for r in g["comparison"]:
         if "error" in r:
             lines.append(f"{r['method']:<11} {r['score']:<12} cannot fit: {r['error']}")

@@ -10,7 +10,7 @@ inside the exported ONNX graph.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,72 @@ class GateError(ValueError):
 
 class CertificationError(GateError):
     """No threshold can be certified for the asked risk on the data given (a failed check)."""
+
+
+#: Selective risks the gate falls back to, lowest first, when the asked one cannot be
+#: certified (unless ``strict_risk``): MNIST's 0.2% is one dataset's number, not a law.
+RISK_LADDER = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+#: Frames each part of the held-out split needs: the score-fitting part and the certifying part.
+MIN_PART = 100
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """How the gate is fitted: one object, built once (CLI options or code), taken by the library.
+
+    ``strict_risk``: fail (:class:`CertificationError`) when ``target_risk`` cannot be
+    certified or the held-out data is too small, instead of certifying the lowest rung of
+    :data:`RISK_LADDER` that can be, or falling back to the uncertified empirical rule.
+    """
+
+    method: str = "guaranteed"
+    score: str = DEFAULT_SCORE
+    search: str = "ltt"
+    target_risk: float = 0.002
+    delta: float = 0.05
+    energy_floor: float = DEFAULT_ENERGY_FLOOR
+    novelty_ceiling: float = DEFAULT_NOVELTY_CEILING
+    strict_risk: bool = False
+    score_fit_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise GateError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.score not in SCORES:
+            raise GateError(f"score {self.score!r}: expected one of {', '.join(SCORES)}")
+        if self.search not in ("ltt", "sgr"):
+            raise GateError(f"search {self.search!r}: expected 'ltt' (fixed-sequence) or 'sgr' (binary search)")
+        _check_risk_delta(self.target_risk, self.delta)
+        if not 0.0 <= self.energy_floor < 100.0:
+            raise GateError(f"energy floor {self.energy_floor}: expected a percentile in [0, 100)")
+        if not 0.0 < self.novelty_ceiling <= 100.0:
+            raise GateError(f"novelty ceiling {self.novelty_ceiling}: expected a percentile in (0, 100]")
+        if not 0.0 < self.score_fit_fraction < 1.0:
+            raise GateError(f"score-fit fraction {self.score_fit_fraction}: expected a value in (0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> GateConfig:
+        """A copy with ``changes`` (validated again)."""
+        return replace(self, **changes)
+
+    @property
+    def rungs(self) -> tuple[float, ...]:
+        """The risks this gate may certify, the asked one first."""
+        if self.strict_risk:
+            return (self.target_risk,)
+        return (self.target_risk,) + tuple(r for r in RISK_LADDER if r > self.target_risk * (1 + 1e-9))
+
+
+def min_holdout(fraction: float) -> int:
+    """The fewest held-out frames whose seeded split leaves :data:`MIN_PART` in each part."""
+    n = 2 * MIN_PART
+    while True:  # terminates: fraction is in (0, 1), so both parts grow without bound
+        k = int(round(n * fraction))
+        if k >= MIN_PART and n - k >= MIN_PART:
+            return n
+        n += 1
 
 
 # --------------------------------------------------------------------------- scores
@@ -325,84 +391,202 @@ def split_for_scoring(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarra
     return np.sort(perm[:k]), np.sort(perm[k:])
 
 
-def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, *, target_risk: float, delta: float,
-                   score: str = DEFAULT_SCORE, search: str = "ltt", score_fit_fraction: float = 0.1,
-                   energy_floor: float = DEFAULT_ENERGY_FLOOR, novelty: np.ndarray | None = None,
-                   novelty_ceiling: float = DEFAULT_NOVELTY_CEILING) -> dict[str, Any]:
-    """Temperature scaling by NLL, then a threshold with a certified selective risk.
-
-    The held-out data is split once (by default 10%/90%): ``score_fit_fraction`` of it fits the score (the
-    temperature, and for energy/max-logit the squashing constants) and, for ``ltt``, the
-    grid of candidate thresholds; the rest certifies the threshold. The score is so fixed
-    before the certifying data is looked at, as the guarantee requires. For ``msp-energy``
-    the energy floor and (given the frames' ``novelty`` residuals) the novelty ceiling are
-    percentiles of the score-fitting part too.
-    """
-    _check_risk_delta(target_risk, delta)
-    if score not in SCORES:
-        raise GateError(f"score {score!r}: expected one of {', '.join(SCORES)}")
-    if search not in ("ltt", "sgr"):
-        raise GateError(f"search {search!r}: expected 'ltt' (fixed-sequence) or 'sgr' (binary search)")
-    fit_idx, cert_idx = split_for_scoring(len(labels), score_fit_fraction)
-    if len(fit_idx) < 100 or len(cert_idx) < 100:
-        raise GateError(f"{len(labels)} held-out examples are too few to fit a score and certify a threshold: "
-                        "expected at least 500")
-    lf, yf = logits[fit_idx], labels[fit_idx]
-    t = fit_temperature(lf, yf)
-    calib: dict[str, Any] = {"method": "guaranteed", "score": score, "score_definition": SCORE_DEFINITIONS[score],
-                             "temperature": t}
+def _fit_score(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
+               novelty: np.ndarray | None) -> dict[str, Any]:
+    """The score's parameters (temperature, energy floor, novelty ceiling, squashing), fitted on these frames."""
+    t = fit_temperature(logits, labels)
+    score = cfg.score
+    calib: dict[str, Any] = {"score": score, "score_definition": SCORE_DEFINITIONS[score], "temperature": t}
     if score == "msp-energy":
-        if not 0.0 <= energy_floor < 100.0:
-            raise GateError(f"energy floor {energy_floor}: expected a percentile in [0, 100)")
-        calib["energy_floor"] = float(np.percentile(t * _logsumexp(lf / t), energy_floor))
-        calib["energy_floor_percentile"] = energy_floor
-        if not 0.0 < novelty_ceiling <= 100.0:
-            raise GateError(f"novelty ceiling {novelty_ceiling}: expected a percentile in (0, 100]")
-        if novelty is not None and novelty_ceiling < 100.0:
-            calib["novelty_ceiling"] = float(np.percentile(novelty[fit_idx], novelty_ceiling))
-            calib["novelty_ceiling_percentile"] = novelty_ceiling
+        calib["energy_floor"] = float(np.percentile(t * _logsumexp(logits / t), cfg.energy_floor))
+        calib["energy_floor_percentile"] = cfg.energy_floor
+        if novelty is not None and cfg.novelty_ceiling < 100.0:
+            calib["novelty_ceiling"] = float(np.percentile(novelty, cfg.novelty_ceiling))
+            calib["novelty_ceiling_percentile"] = cfg.novelty_ceiling
     if score in ("energy", "maxlogit"):
-        raw = t * _logsumexp(lf / t) if score == "energy" else lf.max(axis=1)
+        raw = t * _logsumexp(logits / t) if score == "energy" else logits.max(axis=1)
         # Centre and scale only squash the raw score into [0, 1]; the ranking (so the gate) is unchanged.
         calib["center"] = float(np.median(raw))
         calib["scale"] = float(max(np.std(raw), 1e-6))
-    nov_f = None if novelty is None else novelty[fit_idx]
-    nov_c = None if novelty is None else novelty[cert_idx]
-    lc, yc = logits[cert_idx], labels[cert_idx]
-    s = confidence_np(lc, calib, nov_c)
-    ok = lc.argmax(1) == yc
-    if search == "ltt":
-        grid = threshold_grid(confidence_np(lf, calib, nov_f))
-        cert = certify_fixed_sequence(s, ok, grid, target_risk, delta)
-    else:
-        cert = certify_threshold(s, ok, target_risk, delta)
-    calib.update(threshold=cert.threshold, target_risk=target_risk, delta=delta, search=search,
-                 certified_bound=cert.bound, tests=cert.tests,
-                 certification={"n": cert.n, "accepted": cert.accepted, "errors": cert.errors},
-                 score_fit={"n": len(fit_idx), "fraction": score_fit_fraction})
     return calib
 
 
-def fit_gate(method: str, logits: np.ndarray, labels: np.ndarray, *, target_risk: float = 0.002,
-             delta: float = 0.05, score: str = DEFAULT_SCORE, search: str = "ltt",
-             energy_floor: float = DEFAULT_ENERGY_FLOOR, novelty: np.ndarray | None = None,
-             novelty_ceiling: float = DEFAULT_NOVELTY_CEILING,
-             split: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit a gate of ``method`` on held-out ``logits``/``labels`` (and the frames' novelty
+def predict_rung(fit_scores: np.ndarray, fit_ok: np.ndarray, theta: float, n_cert: int,
+                 rungs: tuple[float, ...], delta: float) -> float:
+    """The lowest rung the certifying part is expected to pass at ``theta``, from the score-fitting part only.
+
+    The score-fitting part's error rate among frames at or above ``theta`` is taken as the
+    certifying part's, and the Clopper-Pearson bound that would give is compared with each
+    rung. Looking only at the score-fitting part keeps the choice independent of the data
+    that certifies, as the fixed-sequence guarantee requires.
+    """
+    acc = fit_scores >= theta
+    k_fit = int(acc.sum())
+    if k_fit == 0:
+        return rungs[-1]
+    rate = float((~fit_ok[acc]).sum()) / k_fit
+    k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
+    bound = binomial_upper_bound(int(round(rate * k_cert)), k_cert, delta)
+    return next((r for r in sorted(rungs) if bound <= r), max(rungs))
+
+
+def certify_ladder(scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray, rungs: tuple[float, ...],
+                   walk_rung: float, delta: float) -> tuple[Certificate, float]:
+    """Fixed-sequence testing over (risk, threshold) pairs; returns the certificate and its risk.
+
+    The sequence, fixed before ``scores`` are looked at: the most conservative threshold at
+    every rung from the largest down to ``walk_rung``, then the thresholds one by one at
+    ``walk_rung``. Every test runs at ``delta`` and testing stops at the first failure, so
+    (Learn-then-Test) with probability at least ``1 - delta`` the returned threshold's
+    selective risk is at most the returned rung. Where ``walk_rung`` is the only rung this
+    is :func:`certify_fixed_sequence`.
+
+    Raises:
+        CertificationError: even the largest rung fails at the first threshold.
+    """
+    above = sorted((r for r in rungs if r > walk_rung), reverse=True)
+    if not above:
+        return certify_fixed_sequence(scores, correct, thresholds, walk_rung, delta), walk_rung
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    theta = float(np.asarray(thresholds, dtype=np.float64)[0])
+    acc = scores >= theta
+    k, e = int(acc.sum()), int((~correct[acc]).sum())
+    bound = binomial_upper_bound(e, k, delta)
+    passed = None
+    for i, r in enumerate(above, 1):
+        if bound > r:
+            break
+        passed = Certificate(theta, bound, k, e, len(scores), i), r
+    if passed is None:
+        raise CertificationError(
+            f"cannot certify a selective risk of even {above[0]} at delta {delta} with {len(scores)} held-out "
+            f"examples: the most conservative threshold already errs on {e} of the {k} frames it accepts "
+            f"(bound {bound:.4g})")
+    if passed[1] != above[-1]:
+        return passed  # the sequence stopped before reaching the rung it walks at
+    cert = certify_fixed_sequence(scores, correct, thresholds, walk_rung, delta) if bound <= walk_rung else None
+    if cert is None:
+        return passed
+    return Certificate(cert.threshold, cert.bound, cert.accepted, cert.errors, cert.n, cert.tests + len(above)), walk_rung
+
+
+def empirical_threshold(scores: np.ndarray, correct: np.ndarray, risk: float) -> float:
+    """The lowest threshold whose selective risk on these frames is at most ``risk`` (no guarantee).
+
+    Ties are kept together (a threshold accepts every frame at or above it); where even the
+    most confident frames err more often, the threshold lies above every score.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    err = np.cumsum(~np.asarray(correct, dtype=bool)[order])
+    k = np.arange(1, len(s) + 1)
+    boundary = np.append(s[1:] < s[:-1], True)  # k frames accepted only where the next score is lower
+    ok = np.flatnonzero(boundary & (err <= risk * k))
+    if not len(ok):
+        return float(np.nextafter(s[0], np.inf)) if len(s) else 1.0
+    return float(s[ok.max()])
+
+
+def fit_uncertified(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig, *, reason: str,
+                    novelty: np.ndarray | None = None) -> dict[str, Any]:
+    """The documented fallback when nothing can be certified: the same score, fitted on every held-out
+    frame, and :func:`empirical_threshold` at the asked risk. It carries ``certified: False`` and
+    ``reason``; it is an estimate, with no bound on the risk of future frames."""
+    calib = {"method": "empirical", **_fit_score(logits, labels, cfg, novelty)}
+    s = confidence_np(logits, calib, novelty)
+    calib.update(threshold=empirical_threshold(s, logits.argmax(1) == labels, cfg.target_risk),
+                 requested_risk=cfg.target_risk, target_risk=cfg.target_risk, delta=None, certified=False,
+                 reason=reason, score_fit={"n": len(labels), "fraction": 1.0})
+    return calib
+
+
+def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
+                   novelty: np.ndarray | None = None) -> dict[str, Any]:
+    """Temperature scaling by NLL, then a threshold with a certified selective risk.
+
+    The held-out data is split once (by default 10%/90%): ``cfg.score_fit_fraction`` of it fits the score (the
+    temperature, and for energy/max-logit the squashing constants), the grid of candidate
+    thresholds for ``ltt``, and the rung of :attr:`GateConfig.rungs` to walk at; the rest
+    certifies the threshold. The score is so fixed before the certifying data is looked at, as
+    the guarantee requires. For ``msp-energy`` the energy floor and (given the frames'
+    ``novelty`` residuals) the novelty ceiling are percentiles of the score-fitting part too.
+
+    Unless ``cfg.strict_risk``, a held-out set too small to split, or one on which no rung can
+    be certified, gets :func:`fit_uncertified` instead of an error.
+    """
+    n = len(labels)
+    fit_idx, cert_idx = split_for_scoring(n, cfg.score_fit_fraction)
+    if len(fit_idx) < MIN_PART or len(cert_idx) < MIN_PART:
+        reason = (f"{n} held-out examples are too few to fit a score and certify a threshold: expected at least "
+                  f"{min_holdout(cfg.score_fit_fraction)} ({MIN_PART} to fit the score on, as "
+                  f"{cfg.score_fit_fraction:.0%} of them, and {MIN_PART} to certify with)")
+        if cfg.strict_risk:
+            raise CertificationError(reason)
+        return fit_uncertified(logits, labels, cfg, reason=reason, novelty=novelty)
+    nov_f = None if novelty is None else novelty[fit_idx]
+    nov_c = None if novelty is None else novelty[cert_idx]
+    lf, yf = logits[fit_idx], labels[fit_idx]
+    calib: dict[str, Any] = {"method": "guaranteed", **_fit_score(lf, yf, cfg, nov_f)}
+    lc, yc = logits[cert_idx], labels[cert_idx]
+    s = confidence_np(lc, calib, nov_c)
+    ok = lc.argmax(1) == yc
+    sf = confidence_np(lf, calib, nov_f)
+    grid = threshold_grid(sf)
+    walk = predict_rung(sf, lf.argmax(1) == yf, float(grid[0]), len(cert_idx), cfg.rungs, cfg.delta)
+    try:
+        if cfg.search == "ltt":
+            cert, risk = certify_ladder(s, ok, grid, cfg.rungs, walk, cfg.delta)
+        else:
+            cert, risk = certify_threshold(s, ok, walk, cfg.delta), walk
+    except CertificationError as e:
+        if cfg.strict_risk:
+            raise
+        return fit_uncertified(logits, labels, cfg, reason=str(e), novelty=novelty)
+    calib.update(threshold=cert.threshold, requested_risk=cfg.target_risk, target_risk=risk, delta=cfg.delta,
+                 certified=True, search=cfg.search, certified_bound=cert.bound, tests=cert.tests,
+                 ladder=list(cfg.rungs),
+                 certification={"n": cert.n, "accepted": cert.accepted, "errors": cert.errors},
+                 score_fit={"n": len(fit_idx), "fraction": cfg.score_fit_fraction})
+    return calib
+
+
+def fit_gate(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig | None = None, *,
+             novelty: np.ndarray | None = None, split: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit a gate per ``cfg`` on held-out ``logits``/``labels`` (and the frames' novelty
     residuals, when the model has a novelty basis); returns calibration.json's content."""
-    if method not in METHODS:
-        raise GateError(f"method {method!r}: expected one of {', '.join(METHODS)}")
+    cfg = cfg or GateConfig()
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
-    if method == "seed":
-        calib = fit_seed_rule(logits, labels)
+    if cfg.method == "seed":
+        calib = {**fit_seed_rule(logits, labels), "certified": False}
     else:
-        calib = fit_guaranteed(logits, labels, target_risk=target_risk, delta=delta, score=score, search=search,
-                               energy_floor=energy_floor, novelty=novelty, novelty_ceiling=novelty_ceiling)
+        calib = fit_guaranteed(logits, labels, cfg, novelty)
     st = gate_stats(confidence_np(logits, calib, novelty), logits.argmax(1) == labels, calib["threshold"])
     calib["fit"] = {"n": len(labels), "coverage": st["coverage"], "selective_risk": st["selective_risk"],
                     **(split or {})}
     return {"schema_version": CALIBRATION_SCHEMA, **calib}
+
+
+def describe_certification(calib: dict[str, Any]) -> str:
+    """One line saying what the gate certifies (or that it certifies nothing, and why)."""
+    if calib.get("method") == "seed":
+        return "Gate: the notebook's rule, which certifies no risk"
+    asked = calib.get("requested_risk", calib.get("target_risk"))
+    if not calib.get("certified", True):
+        return (f"Gate: NOT certified ({calib.get('reason')}); its threshold keeps the held-out selective risk at "
+                f"or under {_pct(asked)}, an estimate with no guarantee")
+    got, delta = calib["target_risk"], calib["delta"]
+    if asked is None or got <= asked * (1 + 1e-9):
+        return f"Gate: certified selective risk <= {_pct(got)} with probability >= {1 - delta:g}, as asked"
+    return (f"Gate: certified selective risk <= {_pct(got)} with probability >= {1 - delta:g}; the asked "
+            f"{_pct(asked)} could not be certified on this held-out data (ladder "
+            f"{', '.join(_pct(r) for r in calib.get('ladder', []))}; --strict-risk fails instead)")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:g}%"
 
 
 # --------------------------------------------------------------------------- measures

@@ -152,9 +152,7 @@ def accepted_errors(calib: dict[str, Any], logits: np.ndarray, labels: np.ndarra
              "label": int(labels[i]), "predicted": int(pred[i]), "confidence": float(conf[i])} for i in bad]
 
 
-def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "guaranteed",
-              score: str = gate.DEFAULT_SCORE, search: str = "ltt", target_risk: float = 0.002, delta: float = 0.05,
-              energy_floor: float = gate.DEFAULT_ENERGY_FLOOR, novelty_ceiling: float = gate.DEFAULT_NOVELTY_CEILING,
+def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.GateConfig | None = None,
               ood_images: np.ndarray | None = None, ood_name: str | None = None,
               split_info: dict[str, Any] | None = None, test_eval: dict[str, Any] | None = None,
               holdout_rows: np.ndarray | None = None) -> dict[str, Any]:
@@ -193,9 +191,9 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     ood_outputs = {k: _outputs(model, v) for k, v in ood_sets.items()}
 
     split = {"split": "holdout", "source": holdout.source, **(split_info or {})}
-    fit_options = dict(target_risk=target_risk, delta=delta, search=search, energy_floor=energy_floor,
-                       novelty=nh, novelty_ceiling=novelty_ceiling, split=split)
-    chosen = gate.fit_gate(method, lh, holdout.labels, score=score, **fit_options)
+    cfg = gate_cfg or gate.GateConfig()
+    method = cfg.method
+    chosen = gate.fit_gate(lh, holdout.labels, cfg, novelty=nh, split=split)
     rows = []
     candidates = [("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy"),
                   ("guaranteed", "msp-energy")]
@@ -206,7 +204,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     for m, s in candidates:
         try:
             c = chosen if (m, s) == (method, chosen["score"]) else gate.fit_gate(
-                m, lh, holdout.labels, score=s if s != "seed-minmax" else "msp", **fit_options)
+                lh, holdout.labels, cfg.with_(method=m, score=s if s != "seed-minmax" else "msp"), novelty=nh,
+                split=split)
         except gate.GateError as e:
             rows.append({"method": m, "score": s, "error": str(e)})
             continue
@@ -215,7 +214,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
         st = gate.gate_stats(conf, ok_t, c["threshold"])
         seed_conf = gate.confidence_np(test_eval["seed_logits"], c, test_eval["seed_novelty"])
         seed_ok = test_eval["seed_logits"].argmax(1) == yt
-        row = {"method": m, "score": c["score"], "threshold": c["threshold"],
+        row = {"method": c["method"], "score": c["score"], "threshold": c["threshold"],
                "test": {**st, "aurc": gate.aurc(conf, ok_t)},
                "seed_protocol": gate.gate_stats(seed_conf, seed_ok, c["threshold"]),
                "ood_acceptance": {k: float((gate.confidence_np(lo, c, no) >= c["threshold"]).mean())
@@ -235,9 +234,11 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
     held_errors = accepted_errors(chosen, lh, holdout.labels, nh,
                                   None if holdout_rows is None else np.asarray(holdout_rows), field_start)
     gate_metrics = {
-        "method": method, "score": chosen["score"], "threshold": chosen["threshold"],
+        "method": chosen["method"], "score": chosen["score"], "threshold": chosen["threshold"],
         "field_holdout": field_info,
+        "requested_risk": cfg.target_risk if method == "guaranteed" else None,
         "target_risk": chosen.get("target_risk"), "delta": chosen.get("delta"),
+        "certified": bool(chosen.get("certified")), "certification_line": gate.describe_certification(chosen),
         "test": {**st, "aurc": gate.aurc(conf_chosen, ok_t)},
         "ece_15_bins": {"before_temperature": gate.ece(p_before, ok_t), "after_temperature": gate.ece(p_after, ok_t),
                         "temperature": t},
@@ -275,7 +276,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, method: str = "
 # --------------------------------------------------------------------------- train
 
 def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, *, resume: bool = False,
-          gate_options: dict[str, Any] | None = None, ood_images: np.ndarray | None = None,
+          gate_cfg: gate.GateConfig | None = None, ood_images: np.ndarray | None = None,
           ood_name: str | None = None, **callbacks: Callable[..., Any]) -> dict[str, Any]:
     """Train, evaluate on the test set, calibrate the gate and write the whole artifact."""
     result: TrainResult = fit(cfg, train_ds, out_dir, resume=resume, **callbacks)
@@ -284,7 +285,7 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
     save_checkpoint(out_dir / "checkpoint.pt", ckpt)
     test_eval = evaluate_test(result.model, test_ds)
     metrics: dict[str, Any] = {
-        "schema_version": 1,
+        "schema_version": 1, "class_names": list(ckpt["class_names"]),
         "test": {k: test_eval[k] for k in ("accuracy", "loss", "per_class_accuracy", "per_class_count",
                                             "confusion", "seed_protocol_accuracy", "seed_protocol_seed")},
         "train": {"seconds": result.seconds, "device": result.device, "epochs": len(result.history),
@@ -299,8 +300,7 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
     report.sample_images(test_ds.images[:32], test_eval["seed_images"], test_ds.labels[:32], rdir / "samples.png")
     report.confusion(np.array(test_eval["confusion"]), ckpt["class_names"], rdir / "confusion_matrix.png")
     holdout = holdout_from_checkpoint(ckpt, train_ds, str(out_dir / "checkpoint.pt"))
-    opts = dict(gate_options or {})
-    metrics["gate"] = calibrate(out_dir, holdout=holdout, test=test_ds, ood_images=ood_images, ood_name=ood_name,
-                                test_eval=test_eval, holdout_rows=np.asarray(ckpt["split"]["holdout_indices"]),
-                                **opts)
+    metrics["gate"] = calibrate(out_dir, holdout=holdout, test=test_ds, gate_cfg=gate_cfg, ood_images=ood_images,
+                                ood_name=ood_name, test_eval=test_eval,
+                                holdout_rows=np.asarray(ckpt["split"]["holdout_indices"]))
     return json.loads(json.dumps(read_metrics(out_dir)))
