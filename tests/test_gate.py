@@ -275,9 +275,9 @@ def test_ladder_guarantee_holds_in_simulation():
         fit_s, cert_s = rng.random(300), rng.random(2000)
         fit_ok = rng.random(300) >= 0.08 * (1 - fit_s)
         cert_ok = rng.random(2000) >= 0.08 * (1 - cert_s)
-        walk = gate.predict_rung(fit_s, fit_ok, grid[0], 2000, rungs, delta)
+        plan, walk = gate.plan_ladder(fit_s, fit_ok, grid, 2000, rungs, delta)
         try:
-            cert, risk = gate.certify_ladder(cert_s, cert_ok, grid, rungs, walk, delta)
+            cert, risk = gate.certify_ladder(cert_s, cert_ok, grid, plan, walk, delta)
         except gate.CertificationError:
             continue
         fails += true_risk(cert.threshold) > risk

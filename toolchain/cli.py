@@ -51,21 +51,39 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--train-csv/--test-csv/--idx-dir, shared by every command that reads the dataset."""
+    later = " Default: for train, the embedded MNIST; after it, the data the artifact was trained on (SHA-256 checked)."
     fn = click.option("--idx-dir", type=click.Path(path_type=Path),
-                      help="Folder of the four MNIST-named IDX files (gzip'd or not) instead of the embedded MNIST.")(fn)
+                      help="Folder of the four MNIST-named IDX files (gzip'd or not)." + later)(fn)
     fn = click.option("--test-csv", type=click.Path(path_type=Path),
-                      help="Test set in the seed's CSV format (label,784 pixels; header optional).")(fn)
+                      help="Test set in the seed's CSV format (label,784 pixels; header optional)." + later)(fn)
     fn = click.option("--train-csv", type=click.Path(path_type=Path),
-                      help="Training set in the seed's CSV format (label,784 pixels; header optional).")(fn)
+                      help="Training set in the seed's CSV format (label,784 pixels; header optional)." + later)(fn)
     return fn
 
 
+def recorded_data(artifact: Path) -> dict[str, Any] | None:
+    """Where ARTIFACT's checkpoint says its training and test data came from (None: not recorded)."""
+    from .checkpoint import load_checkpoint
+    path = artifact / "checkpoint.pt" if artifact.is_dir() else artifact
+    if not path.is_file():
+        return None
+    return load_checkpoint(path).get("data")
+
+
 def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
-                need_train: bool = True) -> tuple[Any, Any]:
-    from .data import load_dataset
-    train = load_dataset(csv=train_csv, idx_dir=idx_dir, split="train") if need_train else None
-    test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
-    return train, test
+                need_train: bool = True, artifact: Path | None = None) -> tuple[Any, Any]:
+    """The splits the options name; a split no option names is read again from where ARTIFACT's
+    checkpoint recorded it (checked by SHA-256), else the embedded MNIST."""
+    from .data import load_dataset, load_recorded
+    recorded = recorded_data(artifact) if artifact is not None and not idx_dir else None
+    what = f"the checkpoint in {artifact}"
+
+    def one(csv: Path | None, split: str) -> Any:
+        if csv is not None or idx_dir is not None or not recorded:
+            return load_dataset(csv=csv, idx_dir=idx_dir, split=split)
+        return load_recorded(recorded.get(split), split, what=what)
+
+    return one(train_csv, "train") if need_train else None, one(test_csv, "test")
 
 
 GATE_FIELDS = ("method", "target_risk", "delta", "score", "search", "energy_floor", "novelty_ceiling",
@@ -170,6 +188,9 @@ def _parse_rotations(text: str | None) -> tuple[float, ...] | None:
 @click.option("--deterministic", is_flag=True, help="Use deterministic algorithms only (slower on CUDA).")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt (same options; --epochs may grow).")
+@click.option("--class-names", default=None, metavar="A,B,...|FILE",
+              help="Names of the 10 classes in label order, comma-separated or a file with one a line; they travel "
+                   "in every exported file and runtime.Result.class_name (default: 0-9).")
 @data_options
 @gate_options
 @click.option("--quiet", is_flag=True, help="No progress bar or environment report.")
@@ -177,16 +198,15 @@ def _parse_rotations(text: str | None) -> tuple[float, ...] | None:
 @handle_errors
 def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
           outlier_fraction: float | None, outlier_weight: float | None, field_fraction: float | None,
-          translate: float | None,
-          polarity: str | None,
-          view_rotations: str | None, device: str, seed: int,
-          deterministic: bool,
-          threads: int | None, resume: bool, train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
-          gate_cfg: Any, ood_data: Path | None, quiet: bool, as_json: bool) -> None:
+          translate: float | None, polarity: str | None, view_rotations: str | None, device: str, seed: int,
+          deterministic: bool, threads: int | None, resume: bool, class_names: str | None,
+          train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None, gate_cfg: Any,
+          ood_data: Path | None, quiet: bool, as_json: bool) -> None:
     """Train LeNet, evaluate it, calibrate its gate, and write the artifact folder."""
     import torch
 
     from . import jobs
+    from .data import parse_class_names
     from .evaluate import per_class_table
     from .train import environment_report, make_config, resolve_device
 
@@ -201,6 +221,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
                       view_rotations=_parse_rotations(view_rotations), device=device,
                       seed=seed,
                       deterministic=deterministic)
+    names = parse_class_names(class_names) if class_names is not None else None
     train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir)
     ood_images = jobs.load_ood_images(ood_data) if ood_data else None
     quiet = quiet or as_json
@@ -231,7 +252,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
                             val_acc=f"{100 * rec['val_accuracy']:.2f}%")
 
     try:
-        metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume, gate_cfg=gate_cfg,
+        metrics = jobs.train(cfg, out, train_ds, test_ds, resume=resume, gate_cfg=gate_cfg, class_names=names,
                              ood_images=ood_images, ood_name=str(ood_data) if ood_data else None,
                              on_start=on_start, on_batch=on_batch, on_epoch=on_epoch)
     finally:
@@ -276,9 +297,9 @@ def calibrate(artifact: Path, gate_cfg: Any, ood_data: Path | None, train_csv: P
         holdout = load_dataset(csv=holdout_csv, idx_dir=holdout_idx, split="train")
         split_info = {"split": "user", "dataset_sha256": holdout.sha256}
         rows = None
-        test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+        test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact)[1]
     else:
-        train_ds, test = load_splits(train_csv, test_csv, idx_dir)
+        train_ds, test = load_splits(train_csv, test_csv, idx_dir, artifact=artifact)
         holdout = jobs.holdout_from_checkpoint(ckpt, train_ds, str(ckpt_path))
         split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
         rows = ckpt["split"]["holdout_indices"]
@@ -360,7 +381,7 @@ def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, tes
     for t in targets:  # every option problem before any work
         check_options(t, options)
     need_train = "onnx-int8" in targets
-    train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir, need_train=need_train)
+    train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir, need_train=need_train, artifact=artifact)
     results = []
     for t in targets:
         try:
@@ -398,7 +419,8 @@ def info(path: Path, as_json: bool) -> None:
 @click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--backend", default="auto", help="Runtime backend for every file (auto picks per file).")
-@click.option("--test-csv", type=click.Path(path_type=Path), help="Test set as a seed CSV instead of the embedded MNIST.")
+@click.option("--test-csv", type=click.Path(path_type=Path),
+              help="Test set as a seed CSV (default: the test set the artifact was trained with, SHA-256 checked).")
 @click.option("--idx-dir", type=click.Path(path_type=Path), help="Folder of IDX files holding the test set.")
 @click.option("--field-images", type=int, default=1000,
               help="Test digits rendered as 'mild' camera crops for model.onnx (reported; 0 skips).")
@@ -412,10 +434,9 @@ def verify(artifact: Path, files: tuple[Path, ...], backend: str, test_csv: Path
     full test set and its seed-protocol version. Exit 1 if anything disagrees. Then model.onnx
     runs on 'mild' camera crops of the test digits (see 'lenet-tool field'), reported, when every file passed.
     """
-    from .data import load_dataset
     from .verify import format_verify, to_json
     from .verify import verify as run_verify
-    test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+    test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact)[1]
     res = run_verify(artifact, test, [Path(f) for f in files] or None, backend=backend, field_images=field_images)
     _emit(as_json, to_json(res), format_verify(res))
     if not res["passed"]:
@@ -477,7 +498,8 @@ def bench(artifact: Path, files: tuple[Path, ...], threads: int, iters: int, sec
 @click.option("--images", "n", type=int, default=2000, help="Test images rendered per level.")
 @click.option("--non-digits", type=int, default=1000, help="Non-digit crops per kind (0 skips them).")
 @click.option("--backend", default="auto", help="Runtime backend for model.onnx.")
-@click.option("--test-csv", type=click.Path(path_type=Path), help="Test set as a seed CSV instead of the embedded MNIST.")
+@click.option("--test-csv", type=click.Path(path_type=Path),
+              help="Test set as a seed CSV (default: the test set the artifact was trained with, SHA-256 checked).")
 @click.option("--idx-dir", type=click.Path(path_type=Path), help="Folder of IDX files holding the test set.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @handle_errors
@@ -491,9 +513,8 @@ def field(artifact: Path, levels: tuple[str, ...], n: int, non_digits: int, back
     from runtime.fileio import atomic_write_json
 
     from . import report
-    from .data import load_dataset
     from .fieldbench import format_field, run_field
-    test = load_dataset(csv=test_csv, idx_dir=idx_dir, split="test")
+    test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact)[1]
     res = run_field(artifact, test, n=n, levels=list(levels) or None, non_digits=non_digits, backend=backend)
     atomic_write_json(artifact / "field.json", res)
     report.field_plot(res, artifact / "report" / "field.png")

@@ -14,12 +14,13 @@ import re
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from runtime.fileio import atomic_write_bytes
+from runtime.fileio import atomic_write_bytes, sha256_file
 
 IMAGE_SIZE = 28
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
@@ -44,6 +45,9 @@ class Dataset:
     images: np.ndarray  # uint8 (N, 28, 28)
     labels: np.ndarray  # int64 (N,)
     source: str
+    #: Where the split was read from, so it can be read again and checked: ``kind`` (csv, idx,
+    #: embedded), ``path`` (absolute) and ``files`` ({file name: SHA-256 of its bytes}).
+    origin: dict[str, Any] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -147,7 +151,10 @@ def load_idx_folder(folder: str | Path, split: str, *, num_classes: int = NUM_CL
     sums = checksums or {}
     images = read_idx(img_path, sums.get(img_stem))
     labels = read_idx(lbl_path, sums.get(lbl_stem))
-    return _pair(images, labels, img_path, lbl_path, num_classes)
+    ds = _pair(images, labels, img_path, lbl_path, num_classes)
+    origin = {"kind": "idx", "path": str(folder.resolve()), "split": split,
+              "files": {p.name: sha256_file(p) for p in (img_path, lbl_path)}}
+    return Dataset(ds.images, ds.labels, source=ds.source, origin=origin)
 
 
 def read_checksums(path: Path) -> dict[str, str]:
@@ -167,7 +174,7 @@ def embedded_mnist(split: str) -> Dataset:
     """The MNIST split shipped with the tool, checked against its SHA256SUMS on load."""
     sums = read_checksums(EMBEDDED_MNIST / "SHA256SUMS")
     ds = load_idx_folder(EMBEDDED_MNIST, split, checksums=sums)
-    return Dataset(ds.images, ds.labels, source=f"embedded MNIST ({split})")
+    return Dataset(ds.images, ds.labels, source=f"embedded MNIST ({split})", origin={"kind": "embedded", "split": split})
 
 
 # --------------------------------------------------------------------------- CSV
@@ -261,6 +268,7 @@ def read_csv(path: str | Path, *, num_classes: int = NUM_CLASSES) -> Dataset:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     raw = path.read_bytes()
+    origin = {"kind": "csv", "path": str(path.resolve()), "files": {path.name: hashlib.sha256(raw).hexdigest()}}
     ncols = NUM_PIXELS + 1
     if not raw or raw.isspace():
         raise DataError(f"{path}: empty file: expected rows of 'label,p0,...,p783'")
@@ -342,7 +350,7 @@ def read_csv(path: str | Path, *, num_classes: int = NUM_CLASSES) -> Dataset:
             f"0-{num_classes - 1}"
         )
     images = pixels.astype(np.uint8).reshape(-1, IMAGE_SIZE, IMAGE_SIZE)
-    return Dataset(images, labels.astype(np.int64), source=str(path))
+    return Dataset(images, labels.astype(np.int64), source=str(path), origin=origin)
 
 
 def to_csv_bytes(ds: Dataset) -> bytes:
@@ -371,3 +379,66 @@ def load_dataset(*, csv: str | Path | None = None, idx_dir: str | Path | None = 
     if idx_dir is not None:
         return load_idx_folder(idx_dir, split, num_classes=num_classes)
     return embedded_mnist(split)
+
+
+def load_recorded(origin: dict[str, Any] | None, split: str, *, what: str) -> Dataset:
+    """Read a split again from where ``origin`` (a :attr:`Dataset.origin`) says it came from.
+
+    ``what`` names whose record it is (the checkpoint) in messages. With no record (an older
+    checkpoint) the embedded MNIST is read, as before.
+
+    Raises:
+        DataError: the file or folder is gone, or its bytes changed since they were recorded.
+    """
+    if not origin or origin.get("kind") == "embedded":
+        return embedded_mnist(split)
+    kind, path = origin.get("kind"), Path(str(origin.get("path")))
+    option = "--idx-dir" if kind == "idx" else f"--{split}-csv"
+    if kind not in ("csv", "idx"):
+        raise DataError(f"{what}: recorded {split} data of kind {kind!r}: expected csv, idx or embedded")
+    if not path.exists():
+        raise DataError(f"{what}: its {split} data was read from {path}, which is no longer there: pass the data "
+                        f"with {option}")
+    ds = read_csv(path) if kind == "csv" else load_idx_folder(path, str(origin.get("split", split)))
+    recorded, now = origin.get("files") or {}, (ds.origin or {}).get("files") or {}
+    changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
+    if changed:
+        name = changed[0]
+        raise DataError(f"{path}: {name} changed since {what} recorded it (SHA-256 now "
+                        f"{str(now.get(name))[:16]}..., recorded {str(recorded.get(name))[:16]}...): pass the data "
+                        f"it was made with ({option}), or train again")
+    return ds
+
+
+MAX_NAME_CHARS = 64
+
+
+def parse_class_names(text: str, *, num_classes: int = NUM_CLASSES) -> list[str]:
+    """Class names from ``a,b,c,...`` (label order) or from a file holding one name a line.
+
+    Raises:
+        DataError: not ``num_classes`` names, or an empty, duplicate, over-long or
+            unprintable name (the message names which).
+    """
+    path = Path(text)
+    if "," not in text and path.is_file():
+        if path.stat().st_size > 64 * 1024:
+            raise DataError(f"{path}: {path.stat().st_size} bytes: expected a small text file, one class name a line")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise DataError(f"{path}: not UTF-8 text: expected one class name a line") from None
+        while lines and not lines[-1].strip():
+            lines.pop()
+        names, where = [line.strip() for line in lines], str(path)
+    else:
+        names, where = [part.strip() for part in text.split(",")], "--class-names"
+    if len(names) != num_classes:
+        raise DataError(f"{where}: {len(names)} class names: expected {num_classes}, in label order 0-{num_classes - 1}")
+    for i, name in enumerate(names):
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise DataError(f"{where}: class {i} name {name!r}: expected 1-{MAX_NAME_CHARS} printable characters")
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup is not None:
+        raise DataError(f"{where}: class name {dup!r} appears twice: expected {num_classes} different names")
+    return names

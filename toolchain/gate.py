@@ -411,64 +411,81 @@ def _fit_score(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
     return calib
 
 
-def predict_rung(fit_scores: np.ndarray, fit_ok: np.ndarray, theta: float, n_cert: int,
-                 rungs: tuple[float, ...], delta: float) -> float:
-    """The lowest rung the certifying part is expected to pass at ``theta``, from the score-fitting part only.
+def plan_ladder(fit_scores: np.ndarray, fit_ok: np.ndarray, thresholds: np.ndarray, n_cert: int,
+                rungs: tuple[float, ...], delta: float) -> tuple[list[tuple[float, float]], float]:
+    """The fixed sequence :func:`certify_ladder` tests, planned from the score-fitting part only.
 
-    The score-fitting part's error rate among frames at or above ``theta`` is taken as the
-    certifying part's, and the Clopper-Pearson bound that would give is compared with each
-    rung. Looking only at the score-fitting part keeps the choice independent of the data
-    that certifies, as the fixed-sequence guarantee requires.
+    For each threshold the score-fitting part's error rate among the frames it accepts is
+    taken as the certifying part's, giving the Clopper-Pearson bound that part would be
+    expected to reach. The walk rung is the lowest rung expected to pass at the most
+    conservative threshold; every larger rung is paired with the lowest threshold expected to
+    pass it (with all thresholds above it), so that where the certifying data disappoints the
+    gate falls back to a larger risk at a useful coverage rather than to the first threshold.
+    Looking only at the score-fitting part keeps the plan independent of the data that
+    certifies, as the fixed-sequence guarantee requires.
+
+    Returns ([(rung, threshold), ...] largest rung first, walk rung).
     """
-    acc = fit_scores >= theta
-    k_fit = int(acc.sum())
-    if k_fit == 0:
-        return rungs[-1]
-    rate = float((~fit_ok[acc]).sum()) / k_fit
-    k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
-    bound = binomial_upper_bound(int(round(rate * k_cert)), k_cert, delta)
-    return next((r for r in sorted(rungs) if bound <= r), max(rungs))
+    fit_scores = np.asarray(fit_scores, dtype=np.float64)
+    wrong = ~np.asarray(fit_ok, dtype=bool)
+    top = max(rungs)
+    expected: list[float] = []
+    for theta in thresholds:
+        acc = fit_scores >= theta
+        k_fit = int(acc.sum())
+        if k_fit == 0:
+            expected.append(1.0)
+            continue
+        k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
+        rate = float(wrong[acc].sum()) / k_fit
+        expected.append(binomial_upper_bound(int(round(rate * k_cert)), k_cert, delta))
+        if expected[-1] > top:  # no rung can pass here, so none passes below either (prefixes)
+            break
+    walk = next((r for r in sorted(rungs) if expected[0] <= r), top)
+    plan = []
+    for r in sorted((r for r in rungs if r > walk), reverse=True):
+        j = 0
+        while j + 1 < len(expected) and expected[j + 1] <= r:
+            j += 1
+        plan.append((r, float(thresholds[j])))
+    return plan, walk
 
 
-def certify_ladder(scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray, rungs: tuple[float, ...],
-                   walk_rung: float, delta: float) -> tuple[Certificate, float]:
+def certify_ladder(scores: np.ndarray, correct: np.ndarray, thresholds: np.ndarray,
+                   plan: list[tuple[float, float]], walk_rung: float, delta: float) -> tuple[Certificate, float]:
     """Fixed-sequence testing over (risk, threshold) pairs; returns the certificate and its risk.
 
-    The sequence, fixed before ``scores`` are looked at: the most conservative threshold at
-    every rung from the largest down to ``walk_rung``, then the thresholds one by one at
-    ``walk_rung``. Every test runs at ``delta`` and testing stops at the first failure, so
-    (Learn-then-Test) with probability at least ``1 - delta`` the returned threshold's
-    selective risk is at most the returned rung. Where ``walk_rung`` is the only rung this
-    is :func:`certify_fixed_sequence`.
+    The sequence, fixed before ``scores`` are looked at (:func:`plan_ladder`): each
+    (rung, threshold) of ``plan``, then ``thresholds`` one by one at ``walk_rung``. Every test
+    runs at ``delta`` and testing stops at the first failure, so (Learn-then-Test) with
+    probability at least ``1 - delta`` the returned threshold's selective risk is at most the
+    returned rung. With an empty plan this is :func:`certify_fixed_sequence`.
 
     Raises:
-        CertificationError: even the largest rung fails at the first threshold.
+        CertificationError: the sequence's first test already fails.
     """
-    above = sorted((r for r in rungs if r > walk_rung), reverse=True)
-    if not above:
-        return certify_fixed_sequence(scores, correct, thresholds, walk_rung, delta), walk_rung
     scores = np.asarray(scores, dtype=np.float64)
     correct = np.asarray(correct, dtype=bool)
-    theta = float(np.asarray(thresholds, dtype=np.float64)[0])
-    acc = scores >= theta
-    k, e = int(acc.sum()), int((~correct[acc]).sum())
-    bound = binomial_upper_bound(e, k, delta)
-    passed = None
-    for i, r in enumerate(above, 1):
-        if bound > r:
-            break
-        passed = Certificate(theta, bound, k, e, len(scores), i), r
-    if passed is None:
-        raise CertificationError(
-            f"cannot certify a selective risk of even {above[0]} at delta {delta} with {len(scores)} held-out "
-            f"examples: the most conservative threshold already errs on {e} of the {k} frames it accepts "
-            f"(bound {bound:.4g})")
-    if passed[1] != above[-1]:
-        return passed  # the sequence stopped before reaching the rung it walks at
-    cert = certify_fixed_sequence(scores, correct, thresholds, walk_rung, delta) if bound <= walk_rung else None
-    if cert is None:
+    passed: tuple[Certificate, float] | None = None
+    for i, (risk, theta) in enumerate(plan, 1):
+        acc = scores >= theta
+        k, e = int(acc.sum()), int((~correct[acc]).sum())
+        bound = binomial_upper_bound(e, k, delta)
+        if bound > risk:
+            if passed is None:
+                raise CertificationError(
+                    f"cannot certify a selective risk of even {risk} at delta {delta} with {len(scores)} held-out "
+                    f"examples: the threshold planned for it errs on {e} of the {k} frames it accepts "
+                    f"(bound {bound:.4g})")
+            return passed
+        passed = Certificate(float(theta), bound, k, e, len(scores), i), risk
+    try:
+        cert = certify_fixed_sequence(scores, correct, thresholds, walk_rung, delta)
+    except CertificationError:
+        if passed is None:
+            raise
         return passed
-    return Certificate(cert.threshold, cert.bound, cert.accepted, cert.errors, cert.n, cert.tests + len(above)), walk_rung
+    return Certificate(cert.threshold, cert.bound, cert.accepted, cert.errors, cert.n, cert.tests + len(plan)), walk_rung
 
 
 def empirical_threshold(scores: np.ndarray, correct: np.ndarray, risk: float) -> float:
@@ -534,10 +551,10 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
     ok = lc.argmax(1) == yc
     sf = confidence_np(lf, calib, nov_f)
     grid = threshold_grid(sf)
-    walk = predict_rung(sf, lf.argmax(1) == yf, float(grid[0]), len(cert_idx), cfg.rungs, cfg.delta)
+    plan, walk = plan_ladder(sf, lf.argmax(1) == yf, grid, len(cert_idx), cfg.rungs, cfg.delta)
     try:
         if cfg.search == "ltt":
-            cert, risk = certify_ladder(s, ok, grid, cfg.rungs, walk, cfg.delta)
+            cert, risk = certify_ladder(s, ok, grid, plan, walk, cfg.delta)
         else:
             cert, risk = certify_threshold(s, ok, walk, cfg.delta), walk
     except CertificationError as e:

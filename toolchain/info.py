@@ -14,7 +14,13 @@ def _gate_line(g: dict[str, Any] | None) -> str:
     if not g:
         return "gate: none (run 'lenet-tool calibrate')"
     extra = f", T={g['temperature']:.4f}" if "temperature" in g else ""
-    risk = f", target risk {g['target_risk']} at delta {g['delta']}" if "target_risk" in g else ""
+    risk = ""
+    if g.get("certified") is False and g.get("method") == "empirical":
+        risk = f", NOT certified (held-out selective risk <= {g['target_risk']}, an estimate)"
+    elif "target_risk" in g:
+        asked = g.get("requested_risk", g["target_risk"])
+        risk = f", target risk {g['target_risk']} at delta {g['delta']}" + \
+            (f" (asked {asked}: not certifiable)" if asked != g["target_risk"] else "")
     return f"gate: {g['method']} ({g['score']}), threshold {g['threshold']:.6f}{extra}{risk}"
 
 

@@ -276,12 +276,15 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
 # --------------------------------------------------------------------------- train
 
 def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, *, resume: bool = False,
-          gate_cfg: gate.GateConfig | None = None, ood_images: np.ndarray | None = None,
+          gate_cfg: gate.GateConfig | None = None, class_names: list[str] | None = None, ood_images: np.ndarray | None = None,
           ood_name: str | None = None, **callbacks: Callable[..., Any]) -> dict[str, Any]:
     """Train, evaluate on the test set, calibrate the gate and write the whole artifact."""
-    result: TrainResult = fit(cfg, train_ds, out_dir, resume=resume, **callbacks)
+    result: TrainResult = fit(cfg, train_ds, out_dir, resume=resume, class_names=class_names, **callbacks)
     ckpt = result.checkpoint
     add_novelty(ckpt, result.model, train_ds, cfg.seed)
+    # Where the data came from, so calibrate, export, verify and field read it again by default
+    # (and refuse it if the files changed).
+    ckpt["data"] = {"train": train_ds.origin, "test": test_ds.origin}
     save_checkpoint(out_dir / "checkpoint.pt", ckpt)
     test_eval = evaluate_test(result.model, test_ds)
     metrics: dict[str, Any] = {
@@ -292,7 +295,7 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
                   "best_epoch": ckpt["epoch"], "best_val_loss": ckpt["val_loss"], "config": cfg.to_dict(),
                   "environment": result.environment, "history": result.history},
         "data": {"train": train_ds.source, "train_sha256": train_ds.sha256, "test": test_ds.source,
-                 "test_sha256": test_ds.sha256},
+                 "test_sha256": test_ds.sha256, "train_origin": train_ds.origin, "test_origin": test_ds.origin},
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     rdir = out_dir / "report"
