@@ -177,10 +177,24 @@ def test_novelty_ceiling_refuses_far_frames():
     assert "novelty_ceiling" not in plain
 
 
-def test_fashion_ood_sample_is_verified():
+def test_fashion_ood_sample_is_verified(tmp_path, monkeypatch):
+    import gzip
+    import shutil
+
     from toolchain import ood
+    from toolchain.data import DataError
     imgs = ood.generate("fashion", 500)
     assert imgs.shape == (500, 28, 28) and imgs.dtype == np.uint8 and imgs.mean() > 30
+    # One pixel changed in a copy of the shipped file: the checksum must refuse it.
+    shutil.copytree(ood.FASHION, tmp_path / "f")
+    path = tmp_path / "f" / "fashion-ood-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    raw[5000] ^= 0xFF
+    path.write_bytes(gzip.compress(bytes(raw)))
+    monkeypatch.setattr(ood, "FASHION", tmp_path / "f")
+    with pytest.raises(DataError, match="fashion-ood-idx3-ubyte.gz: checksum mismatch: SHA-256 of the decompressed "
+                                        "bytes is [0-9a-f]{64}, expected"):
+        ood.generate("fashion", 500)
 
 
 # --------------------------------------------------------------------------- the risk ladder and small held-out sets

@@ -197,6 +197,7 @@ def test_verify_fails_on_a_model_that_really_differs(art, tmp_path, small_split,
 
     import exporters
     from toolchain import jobs
+    from toolchain.gate import GateConfig
     from toolchain.train import fit, make_config
     torch.set_num_threads(2)
     tr, te = small_split
@@ -204,7 +205,7 @@ def test_verify_fails_on_a_model_that_really_differs(art, tmp_path, small_split,
     fit(make_config(epochs=1, seed=5), tr, other)
     jobs.calibrate(other, holdout=jobs.holdout_from_checkpoint(
         __import__("toolchain.checkpoint", fromlist=["x"]).load_checkpoint(other / "checkpoint.pt"), tr, "x"),
-        test=te, target_risk=0.1, delta=0.2)
+        test=te, gate_cfg=GateConfig(target_risk=0.1, delta=0.2))
     exporters.export(other, "onnx", test_images=te.images[:100, None], test_labels=None)
     mixed = tmp_path / "mixed"
     shutil.copytree(art, mixed)
@@ -254,6 +255,13 @@ def test_bench_reports_baselines(art):
     pre = one["preprocess_us"]
     assert pre["crop_480_p50_us"] > 0 and pre["crop_64_p50_us"] > 0 and pre["batch_64_per_crop_us"] > 0
     assert "runtime.preprocess p50: 64x64 crop" in b_text(art)
-    assert set(one["throughput_img_s"]) == {"1", "32", "256", "1024"}
-    assert {"p50_vs_bare", "speedup_vs_torch", "throughput_1024_vs_bare"} <= set(one["ratios"])
+    thr, lu, q = one["throughput_img_s"], one["latency_us"], one["ratios"]
+    assert set(thr) == {"1", "32", "256", "1024"}
+    assert all(v > 0 for runners in thr.values() for v in runners.values())
+    # every ratio is the one its name says, from the figures printed beside it
+    assert q["p50_vs_bare"] == pytest.approx(lu["classifier"]["p50"] / lu["bare_session"]["p50"])
+    assert q["speedup_vs_torch"] == pytest.approx(lu["torch_eager"]["p50"] / lu["classifier"]["p50"])
+    assert q["throughput_1024_vs_bare"] == pytest.approx(thr["1024"]["classifier"] / thr["1024"]["bare_session"])
+    for runner in ("classifier", "bare_session", "torch_eager"):
+        assert 0 < lu[runner]["p50"] <= lu[runner]["p99"]
     assert res["soak"]["predictions"] == 2000 and res["import_runtime_seconds"] > 0
