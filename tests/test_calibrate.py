@@ -65,7 +65,9 @@ def test_novelty_ceiling_is_fitted_and_optional(artifact, setup, tmp_path):
     calib = json.loads((art / "calibration.json").read_text())
     assert calib["score"] == "msp-energy" and calib["novelty_ceiling_percentile"] == 99
     assert "novelty residual" in calib["score_definition"]
-    assert json.loads(r.output)["versus_seed_rule"]["seed_coverage"] > 0
+    g = json.loads(r.output)
+    seed_row = next(row for row in g["comparison"] if row["score"] == "seed-minmax")
+    assert g["versus_seed_rule"]["seed_coverage"] == seed_row["test"]["coverage"] > 0
     # A checkpoint from before the novelty basis still calibrates, without the ceiling.
     ckpt = load_checkpoint(art / "checkpoint.pt")
     del ckpt["novelty"]

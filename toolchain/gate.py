@@ -22,7 +22,7 @@ SCORES = ("msp-energy", "msp", "energy", "maxlogit")
 DEFAULT_SCORE = "msp-energy"
 #: Percentile of the score-fitting split's energies below which ``msp-energy`` refuses outright.
 #: 4.5 kept unseen letters at or under 1% accepted on 9 of 10 models (0.71% on the default; at 3.0,
-#: 5 of 7 were over) for about 1.3 points of certified coverage (README, gate section).
+#: 5 of 7 were over) for about 1.3 points of certified coverage (docs/gate.md).
 DEFAULT_ENERGY_FLOOR = 4.5
 #: Percentile of the score-fitting split's novelty residuals above which ``msp-energy`` refuses outright.
 DEFAULT_NOVELTY_CEILING = 99.9
