@@ -98,6 +98,7 @@ class Classifier:
             raise ValueError(f"backend {backend!r} cannot load {path.name}: it is a "
                              f"{backend_for_path(path)} file")
         cls = BACKENDS[wanted]
+        cls.check_options(options)  # a typo is an error even where the backend is missing
         ok, why = cls.available()
         if not ok:
             usable = [n for n, b in BACKENDS.items() if b.available()[0]]

@@ -78,6 +78,20 @@ def test_threshold_override_warns_and_applies(art, mnist_test):
         Classifier(art / "model.onnx", threshold=1.5)
 
 
+def test_backends_refuse_options_they_do_not_take(art, tmp_path):
+    # 'provider' for 'providers': it must not run on the default providers without a word
+    with pytest.raises(ValueError, match=r"backend 'onnxruntime' does not take the option\(s\) provider: it takes "
+                                         r"providers, threads"):
+        Classifier(art / "model.onnx", provider=["CPUExecutionProvider"])
+    from runtime.backends import BACKENDS
+    with pytest.raises(ValueError, match=r"backend 'tensorrt' does not take the option\(s\) devise, threads: it "
+                                         r"takes device"):
+        BACKENDS["tensorrt"].check_options({"devise": 1, "threads": 2})
+    (tmp_path / "m.engine").write_bytes(b"plan")  # refused before TensorRT's absence is even looked at
+    with pytest.raises(ValueError, match="does not take the option"):
+        Classifier(tmp_path / "m.engine", devise=1)
+
+
 def test_backend_choice_errors(art, tmp_path):
     with pytest.raises(BackendUnavailable, match=r"requested execution provider\(s\) CUDAExecutionProvider, "
                        r"available providers are .*CPUExecutionProvider"):

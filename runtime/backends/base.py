@@ -30,11 +30,23 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: The keyword options ``_load`` takes; anything else is refused (a typo must not run on defaults).
+    options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | Path, **options: Any) -> None:
+        self.check_options(options)
         self.path = Path(path)
         self.metadata: dict[str, Any] = {}
         self._load(**options)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Refuse options this backend does not take, naming those it does."""
+        unknown = sorted(set(options) - set(cls.options))
+        if unknown:
+            takes = ", ".join(cls.options) if cls.options else "none"
+            raise ValueError(f"backend {cls.name!r} does not take the option(s) {', '.join(unknown)}: "
+                             f"it takes {takes}")
 
     @classmethod
     @abstractmethod
@@ -42,8 +54,9 @@ class Backend(ABC):
         """(usable here, why not / what it will run on)."""
 
     @abstractmethod
-    def _load(self, **options: Any) -> None:
-        """Open the file, read and check its metadata into ``self.metadata``."""
+    def _load(self) -> None:
+        """Open the file, read and check its metadata into ``self.metadata`` (subclasses take
+        their :attr:`options` as keywords)."""
 
     @abstractmethod
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:

@@ -27,6 +27,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    options = ("providers", "threads")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -42,7 +43,7 @@ class OnnxRuntimeBackend(Backend):
         # TensorRT EP builds engines on first use (minutes): only when asked for by name.
         return [p for p in PREFERENCE[1:] if p in avail]
 
-    def _load(self, providers: list[str] | None = None, threads: int | None = None, **_: Any) -> None:
+    def _load(self, providers: list[str] | None = None, threads: int | None = None) -> None:
         ort = _ort()
         avail = ort.get_available_providers()
         wanted = list(providers) if providers else self.default_providers()

@@ -96,6 +96,7 @@ class TensorRTBackend(Backend):
     contexts are not thread-safe, the engine is, so threads never share a context."""
 
     name = "tensorrt"
+    options = ("device",)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -106,7 +107,7 @@ class TensorRTBackend(Backend):
             return False, str(e)
         return True, f"TensorRT {trt.__version__} on a GPU of compute capability {cc}"
 
-    def _load(self, device: int = 0, **_: Any) -> None:
+    def _load(self, device: int = 0) -> None:
         meta = read_sidecar(self.path)
         trt = _trt()
         self._cudart = _cudart()
