@@ -6,7 +6,7 @@ from typing import Any
 
 from runtime.metadata import INPUT_NAME, OUTPUT_NAMES, SCHEMA_VERSION
 from toolchain import __version__
-from toolchain.jobs import library_versions
+from toolchain.manifest import library_versions
 
 
 def build_metadata(ckpt: dict[str, Any], *, checkpoint_sha256: str, precision: str, opset: int,

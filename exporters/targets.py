@@ -1,13 +1,32 @@
-"""The one table of export targets: it drives the CLI's choices, the dispatch and (through
-``runtime.formats``) the runtime's file-type lookup."""
+"""The one table of export targets: each row holds its exporter, its options and its help,
+and the table drives the CLI's choices, the dispatch and (through ``runtime.formats``) the
+runtime's file-type lookup. A new row is a new target everywhere, tests included."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from runtime.formats import FORMATS, FileFormat
 
 _BY_NAME = {f.name: f for f in FORMATS}
+
+
+@dataclass(frozen=True)
+class ExportInputs:
+    """The data an export may need: test images to validate on, training images to calibrate int8."""
+
+    test_images: np.ndarray  # uint8 (N, 1, 28, 28), already cut to --validate-images
+    test_labels: np.ndarray | None
+    calib_images: np.ndarray | None  # uint8 (M, 1, 28, 28) training images, or None
+
+
+#: (artifact folder, the target's row, its options with defaults filled in, the data) -> ExportResult
+Exporter = Callable[[Path, "Target", dict[str, Any], ExportInputs], Any]
 
 
 @dataclass(frozen=True)
@@ -16,10 +35,9 @@ class Target:
 
     name: str
     format: FileFormat
-    device: str  # where the file is meant to run: cpu, gpu or any
     options: tuple[str, ...]  # export options this target takes
-    needs: tuple[str, ...]  # importable modules the export needs
-    description: str
+    exporter: Exporter
+    description: str  # shown in ``lenet-tool export --help``
 
     @property
     def filename(self) -> str:
@@ -30,19 +48,56 @@ class Target:
         return self.format.precision
 
 
+# The exporters import torch and onnx only when they run, so the table stays cheap to import.
+
+def _export_float(artifact: Path, t: Target, opts: dict[str, Any], data: ExportInputs) -> Any:
+    from .onnx_export import export_float
+    return export_float(artifact, t.filename, t.precision, opset=int(opts["opset"]), images=data.test_images,
+                        labels=data.test_labels, validate=len(data.test_images) > 0)
+
+
+def _export_int8(artifact: Path, t: Target, opts: dict[str, Any], data: ExportInputs) -> Any:
+    from . import calibration_sample
+    from .onnx_export import export_int8
+    if data.calib_images is None:
+        raise ValueError("int8 export needs calibration images from the training set")
+    k = int(opts["calibration_images"])
+    if k < 1:
+        raise ValueError(f"--calibration-images {k}: expected at least 1")
+    return export_int8(artifact, t.filename, opset=int(opts["opset"]), images=data.test_images,
+                       labels=data.test_labels, calib_images=calibration_sample(artifact, data.calib_images, k),
+                       int8_format=str(opts["int8_format"]), validate=len(data.test_images) > 0)
+
+
+def _export_trt(artifact: Path, t: Target, opts: dict[str, Any], data: ExportInputs) -> Any:
+    from .onnx_export import ExportResult
+    from .tensorrt import export_plan
+    src = str(opts["source"])
+    if src not in TRT_SOURCES:
+        raise ValueError(f"--source {src!r}: expected one of {', '.join(TRT_SOURCES)}")
+    cache = Path(opts["timing_cache"]) if opts["timing_cache"] else artifact / "timing.cache"
+    path = export_plan(artifact, artifact / TRT_SOURCES[src], min_batch=int(opts["min_batch"]),
+                       opt_batch=int(opts["opt_batch"]), max_batch=int(opts["max_batch"]),
+                       workspace_mib=int(opts["workspace_mib"]), timing_cache=cache)
+    return ExportResult(path, None, 0.0, {"source": TRT_SOURCES[src]})
+
+
 COMMON = ("opset", "validate_images")
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("onnx", _BY_NAME["onnx"], "any", COMMON, ("onnx", "onnxruntime"),
+    Target("onnx", _BY_NAME["onnx"], COMMON, _export_float,
            "fp32 ONNX, uint8 image in, gated outputs; preprocessing and gate in the graph"),
-    Target("onnx-int8", _BY_NAME["onnx-int8"], "any", (*COMMON, "calibration_images", "int8_format"),
-           ("onnx", "onnxruntime"),
-           "int8 static quantization (ONNX Runtime) of the network; QDQ is what TensorRT consumes"),
-    Target("onnx-fp16", _BY_NAME["onnx-fp16"], "gpu", COMMON, ("onnx", "onnxruntime"),
+    Target("onnx-int8", _BY_NAME["onnx-int8"], (*COMMON, "calibration_images", "int8_format"), _export_int8,
+           "int8 static quantization (ONNX Runtime) of the second convolution; QDQ is what TensorRT consumes"),
+    Target("onnx-fp16", _BY_NAME["onnx-fp16"], COMMON, _export_float,
            "fp16 network with fp32 preprocessing, gate and outputs, for GPU targets"),
-    Target("trt", _BY_NAME["tensorrt"], "gpu", ("source", "min_batch", "opt_batch", "max_batch", "workspace_mib",
-                                                "timing_cache"), ("tensorrt", "cuda"),
+    Target("trt", _BY_NAME["tensorrt"], ("source", "min_batch", "opt_batch", "max_batch", "workspace_mib",
+                                         "timing_cache"), _export_trt,
            "TensorRT plan built from one of the ONNX files, plus its sidecar JSON"),
 )}
+
+#: ``--source`` of the trt target: each ONNX target's file, by its short name (onnx, int8, fp16).
+TRT_SOURCES: dict[str, str] = {t.name.removeprefix("onnx-"): t.filename for t in TARGETS.values()
+                               if t.filename.endswith(".onnx")}
 
 DEFAULTS = {"opset": 17, "validate_images": 10000, "calibration_images": 5000, "int8_format": "qdq",
             "source": "onnx", "min_batch": 1, "opt_batch": 32, "max_batch": 1024, "workspace_mib": 256,

@@ -111,15 +111,24 @@ def _gate(conf: np.ndarray, acc: np.ndarray, labels: np.ndarray | None, pred: np
 
 def compare(name: str, precision: str, ref: dict[str, np.ndarray], got: dict[str, np.ndarray], threshold: float,
             labels: np.ndarray | None = None, tol: Tolerance | None = None) -> Report:
-    """Shapes, then values, then labels and accept decisions, against ``tol`` (per precision)."""
+    """Shapes, then values, then labels and accept decisions, against ``tol`` (per precision).
+
+    Always returns a :class:`Report`, passing or failing (a shape mismatch is a failing report
+    with no numbers); whoever needs an exception raises :class:`ValidationError` with it.
+    """
     tol = tol or TOLERANCES[precision]
     failures: list[str] = []
+    n = int(len(ref["label"]))
     for k in ("logits", "confidence", "label", "accepted"):
         if np.shape(ref[k]) != np.shape(got[k]):
             failures.append(f"output {k!r} has shape {np.shape(got[k])}, PyTorch's is {np.shape(ref[k])}")
     if failures:
-        raise ValidationError(Report(name, precision, len(ref["label"]), *([math.nan] * 5), 0, 0.0, 0.0, 0, 0, None,
-                                     None, 0.0, 0.0, None, None, failures, {}))
+        return Report(name=name, precision=precision, n=n, max_abs_logit_diff=math.nan, mean_abs_logit_diff=math.nan,
+                      median_abs_logit_diff=math.nan, max_rel_logit_diff=math.nan, max_abs_confidence_diff=math.nan,
+                      floor_flips=0, label_agreement=0.0, accept_agreement=0.0, accept_disagreements=0,
+                      accept_disagreements_near_threshold=0, accuracy_reference=None, accuracy=None,
+                      coverage_reference=0.0, coverage=0.0, selective_risk_reference=None, selective_risk=None,
+                      failures=failures)
     rl, gl = ref["logits"].astype(np.float64), got["logits"].astype(np.float64)
     d = np.abs(rl - gl)
     rel = d / np.maximum(np.abs(rl), 1e-6)
@@ -135,8 +144,7 @@ def compare(name: str, precision: str, ref: dict[str, np.ndarray], got: dict[str
     near = np.abs(ref["confidence"].astype(np.float64) - threshold) <= tol.near_threshold
     hard = acc_diff & ~near
     accept_agree = float(1 - acc_diff.mean())
-    acc_ref = float((ref["label"] == labels).mean()) if labels is not None else None
-    acc_got = float((got["label"] == labels).mean()) if labels is not None else None
+    away_agree = float(1 - hard.sum() / max(int((~near).sum()), 1))
     cov_r, risk_r = _gate(ref["confidence"], ref["accepted"], labels, ref["label"])
     cov_g, risk_g = _gate(got["confidence"], got["accepted"], labels, got["label"])
     max_d = float(d.max()) if d.size else 0.0
@@ -157,18 +165,22 @@ def compare(name: str, precision: str, ref: dict[str, np.ndarray], got: dict[str
         if hard.any():
             failures.append(f"{int(hard.sum())} accept decisions differ away from the threshold "
                             f"(confidence more than {tol.near_threshold:g} from it)")
-    elif tol.near_threshold > 0 and 1 - hard.sum() / max(int((~near).sum()), 1) < tol.min_accept_agreement:
-        away = 1 - hard.sum() / max(int((~near).sum()), 1)
-        failures.append(f"accept decisions agree on {100 * away:.3f}% of the frames whose confidence is more than "
-                        f"{tol.near_threshold:g} from the threshold < {100 * tol.min_accept_agreement:.3f}%")
+    elif tol.near_threshold > 0 and away_agree < tol.min_accept_agreement:
+        failures.append(f"accept decisions agree on {100 * away_agree:.3f}% of the frames whose confidence is more "
+                        f"than {tol.near_threshold:g} from the threshold < {100 * tol.min_accept_agreement:.3f}%")
     elif tol.near_threshold == 0 and accept_agree < tol.min_accept_agreement:
         failures.append(f"accept decisions agree on {100 * accept_agree:.3f}% < {100 * tol.min_accept_agreement:.3f}%")
+    acc_ref = float((ref["label"] == labels).mean()) if labels is not None else None
+    acc_got = float((got["label"] == labels).mean()) if labels is not None else None
     if acc_ref is not None and acc_got is not None and acc_ref - acc_got > tol.max_accuracy_drop + 1e-12:
         failures.append(f"accuracy drops by {100 * (acc_ref - acc_got):.3f} points > {100 * tol.max_accuracy_drop:g}")
     would = {"logits_atol": max_d, "confidence_atol": max_c,
              "min_label_agreement": accepted_agree if tol.labels_on_accepted else labels_agree,
              "min_accept_agreement": accept_agree}
-    return Report(name, precision, int(len(ref["label"])), max_d, float(d.mean()), float(np.median(d)),
-                  float(rel.max()) if rel.size else 0.0, max_c, int(flips.sum()), labels_agree, accept_agree,
-                  int(acc_diff.sum()), int((acc_diff & near).sum()), acc_ref, acc_got, cov_r, cov_g, risk_r, risk_g,
-                  failures, would, accepted_label_agreement=accepted_agree)
+    return Report(name=name, precision=precision, n=n, max_abs_logit_diff=max_d, mean_abs_logit_diff=float(d.mean()),
+                  median_abs_logit_diff=float(np.median(d)), max_rel_logit_diff=float(rel.max()) if rel.size else 0.0,
+                  max_abs_confidence_diff=max_c, floor_flips=int(flips.sum()), label_agreement=labels_agree,
+                  accept_agreement=accept_agree, accept_disagreements=int(acc_diff.sum()),
+                  accept_disagreements_near_threshold=int((acc_diff & near).sum()), accuracy_reference=acc_ref,
+                  accuracy=acc_got, coverage_reference=cov_r, coverage=cov_g, selective_risk_reference=risk_r,
+                  selective_risk=risk_g, failures=failures, would_pass=would, accepted_label_agreement=accepted_agree)

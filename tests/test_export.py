@@ -138,6 +138,44 @@ def test_target_table_drives_cli_and_runtime_lookup():
         check_options("tflite", {})
 
 
+@pytest.mark.parametrize("name", list(TARGETS))
+def test_every_target_exports_through_its_row(name, exported, tmp_path, small_split, mnist_test):
+    """Each row of the table, run by its own exporter: a new row cannot go untested."""
+    from exporters.tensorrt import TensorRTUnavailable
+    from runtime.metadata import METADATA_KEY, parse_metadata
+    t = TARGETS[name]
+    art = tmp_path / "art"
+    shutil.copytree(exported, art)
+    (art / t.filename).unlink(missing_ok=True)
+    opts = {"validate_images": 300} if "validate_images" in t.options else {}
+    if "calibration_images" in t.options:
+        opts["calibration_images"] = 300
+    try:
+        r = exporters.export(art, name, test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
+                             calib_images=small_split[0].images[:1000, None], **opts)
+    except TensorRTUnavailable as e:  # the one row that cannot build here: it must say why, and write nothing
+        assert "needs TensorRT's Python package and an NVIDIA GPU" in str(e)
+        assert not (art / t.filename).exists()
+        return
+    assert r.path == art / t.filename and r.path.is_file()
+    assert r.report.passed and r.report.n == 300 and r.report.precision == t.precision
+    meta = parse_metadata(next(p.value for p in onnx.load(str(r.path)).metadata_props if p.key == METADATA_KEY),
+                          str(r.path))
+    assert meta["precision"] == t.precision
+    manifest = json.loads((art / "manifest.json").read_text())
+    from runtime.fileio import sha256_file
+    assert manifest["files"][t.filename]["sha256"] == sha256_file(r.path)
+
+
+def test_trt_sources_come_from_the_table():
+    from exporters.targets import TRT_SOURCES
+    assert TRT_SOURCES == {"onnx": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+    cmd = main.commands["export"]
+    assert list(next(p for p in cmd.params if p.name == "source").type.choices) == list(TRT_SOURCES)
+    helps = next(p for p in cmd.params if p.name == "targets").help
+    assert all(f"{t.name}: {t.description}" in helps for t in TARGETS.values())
+
+
 def test_export_cli_errors(exported, tmp_path):
     r = CliRunner().invoke(main, ["export", str(exported), "--target", "onnx", "--min-batch", "2"])
     assert r.exit_code == 2 and "does not take --min-batch" in r.output
@@ -191,3 +229,19 @@ def test_info_describes_every_kind(exported):
     assert kinds == ["checkpoint", "onnx", "onnx", "onnx"]
     r = CliRunner().invoke(main, ["info", str(exported / "model.int8.onnx")])
     assert "precision int8" in r.output and "image uint8 ['N', 1, 28, 28]" in r.output
+
+
+def test_compare_returns_a_report_pass_or_fail():
+    """One validation path: a shape mismatch, a value mismatch and a match all come back as a Report."""
+    from exporters.validate import compare
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(20, 10)).astype(np.float32)
+    ref = {"logits": logits, "confidence": np.full(20, 0.9, np.float32), "label": logits.argmax(1),
+           "accepted": np.ones(20, bool)}
+    same = compare("m", "fp32", ref, {k: v.copy() for k, v in ref.items()}, 0.5)
+    assert same.passed and same.max_abs_logit_diff == 0.0 and same.label_agreement == 1.0
+    off = compare("m", "fp32", ref, {**ref, "logits": logits + 1e-3}, 0.5)
+    assert not off.passed and off.failures == ["max |logit difference| 0.001 > 0.0001"]
+    bad = compare("m", "fp32", ref, {**ref, "label": ref["label"][:10]}, 0.5)
+    assert not bad.passed and bad.failures == ["output 'label' has shape (10,), PyTorch's is (20,)"]
+    assert np.isnan(bad.max_abs_logit_diff) and "FAIL" in bad.describe()

@@ -185,6 +185,7 @@ def test_malicious_pickle_is_refused(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
+@pytest.mark.slow  # trains a model end to end
 def test_cli_train_writes_the_artifact_contract(tmp_path, small_split):
     from toolchain.data import write_csv
     tr, te = small_split

@@ -37,6 +37,7 @@ def small_user_artifact(tmp_path_factory, mnist_train, mnist_test):
     return d, r
 
 
+@pytest.mark.slow  # trains a model end to end
 def test_too_little_held_out_data_still_ends_with_an_artifact(small_user_artifact):
     d, r = small_user_artifact
     assert r.exit_code == 0, r.output
@@ -50,6 +51,7 @@ def test_too_little_held_out_data_still_ends_with_an_artifact(small_user_artifac
     assert calib["fit"]["n"] > 300 and calib["delta"] is None  # 300 held-out frames and their field renderings
 
 
+@pytest.mark.slow  # trains a model end to end
 def test_export_and_verify_read_the_recorded_data_again(small_user_artifact):
     d, r = small_user_artifact
     assert r.exit_code == 0, r.output
@@ -69,6 +71,7 @@ def test_export_and_verify_read_the_recorded_data_again(small_user_artifact):
     assert res.class_name == NAMES[res.label]
 
 
+@pytest.mark.slow  # trains a model end to end
 def test_a_changed_or_missing_data_file_is_refused(small_user_artifact, tmp_path):
     d, r = small_user_artifact
     assert r.exit_code == 0, r.output

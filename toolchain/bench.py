@@ -203,3 +203,34 @@ def format_bench(results: list[dict[str, Any]], import_s: float | None, soak_res
     lines.extend(f"TARGET MISSED: {f}" for f in fails)
     lines.append("bench: " + ("all targets met" if not fails else f"{len(fails)} target(s) missed"))
     return "\n".join(lines)
+
+
+def run_bench(artifact: Path, files: list[Path], *, threads: int, iters: int, seconds: float, soak_n: int = 0,
+              progress: Any = None) -> dict[str, Any]:
+    """``lenet-tool bench``: every file (default: every exported file in ``artifact``) timed beside
+    a bare session and the PyTorch graph it came from, the preprocessing, the import, an optional
+    soak; ``missed`` lists the targets missed. ``progress(path)`` is called before each file."""
+    from exporters.graph import GatedModel
+    from exporters.onnx_export import load_calibrated
+    from runtime.formats import FORMATS
+
+    from .data import embedded_mnist
+    torch.set_num_threads(threads)
+    paths = files or [artifact / f.filename for f in FORMATS if (artifact / f.filename).is_file()]
+    if not paths:
+        raise FileNotFoundError(f"{artifact}: no exported model files: run 'lenet-tool export {artifact} --target onnx'")
+    ckpt, _, pipeline = load_calibrated(artifact)
+    model = GatedModel(pipeline, ckpt["calibration"]).eval()
+    images = embedded_mnist("test").images[:2048, None].copy()
+    small, big = field_crops(images)
+    results = []
+    for p in paths:
+        if progress is not None:
+            progress(p)
+        results.append(bench_file(p, images, threads=threads, iters=iters, seconds=seconds, torch_model=model,
+                                  crop=small[0]))
+    results[0]["preprocess_us"] = preprocess_timings(small, big, iters)
+    imp = import_seconds()
+    soak_res = soak(paths[0], images, soak_n, threads) if soak_n else None
+    return {"results": results, "import_runtime_seconds": imp, "soak": soak_res,
+            "missed": check_targets(results, imp, soak_res)}

@@ -61,29 +61,11 @@ def data_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def recorded_data(artifact: Path) -> dict[str, Any] | None:
-    """Where ARTIFACT's checkpoint says its training and test data came from (None: not recorded)."""
-    from .checkpoint import load_checkpoint
-    path = artifact / "checkpoint.pt" if artifact.is_dir() else artifact
-    if not path.is_file():
-        return None
-    return load_checkpoint(path).get("data")
-
-
 def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
                 need_train: bool = True, artifact: Path | None = None) -> tuple[Any, Any]:
-    """The splits the options name; a split no option names is read again from where ARTIFACT's
-    checkpoint recorded it (checked by SHA-256), else the embedded MNIST."""
-    from .data import load_dataset, load_recorded
-    recorded = recorded_data(artifact) if artifact is not None and not idx_dir else None
-    what = f"the checkpoint in {artifact}"
-
-    def one(csv: Path | None, split: str) -> Any:
-        if csv is not None or idx_dir is not None or not recorded:
-            return load_dataset(csv=csv, idx_dir=idx_dir, split=split)
-        return load_recorded(recorded.get(split), split, what=what)
-
-    return one(train_csv, "train") if need_train else None, one(test_csv, "test")
+    """See :func:`toolchain.jobs.load_splits` (imported lazily: torch is slow to import)."""
+    from .jobs import load_splits as load
+    return load(train_csv, test_csv, idx_dir, need_train=need_train, artifact=artifact)
 
 
 GATE_FIELDS = ("method", "target_risk", "delta", "score", "search", "energy_floor", "novelty_ceiling",
@@ -288,24 +270,8 @@ def calibrate(artifact: Path, gate_cfg: Any, ood_data: Path | None, train_csv: P
               holdout_csv: Path | None, holdout_idx: Path | None, as_json: bool) -> None:
     """Re-fit the gate of a trained ARTIFACT folder without retraining."""
     from . import jobs
-    from .checkpoint import load_checkpoint
-    from .data import load_dataset
-
-    ckpt_path = artifact / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path)
-    if holdout_csv or holdout_idx:
-        holdout = load_dataset(csv=holdout_csv, idx_dir=holdout_idx, split="train")
-        split_info = {"split": "user", "dataset_sha256": holdout.sha256}
-        rows = None
-        test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact)[1]
-    else:
-        train_ds, test = load_splits(train_csv, test_csv, idx_dir, artifact=artifact)
-        holdout = jobs.holdout_from_checkpoint(ckpt, train_ds, str(ckpt_path))
-        split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
-        rows = ckpt["split"]["holdout_indices"]
-    ood_images = jobs.load_ood_images(ood_data) if ood_data else None
-    g = jobs.calibrate(artifact, holdout=holdout, test=test, gate_cfg=gate_cfg, ood_images=ood_images,
-                       ood_name=str(ood_data) if ood_data else None, split_info=split_info, holdout_rows=rows)
+    g = jobs.recalibrate(artifact, gate_cfg, train_csv=train_csv, test_csv=test_csv, idx_dir=idx_dir,
+                         holdout_csv=holdout_csv, holdout_idx=holdout_idx, ood_data=ood_data)
     _emit(as_json, g, format_gate_table(g))
 
 
@@ -342,15 +308,21 @@ def format_gate_table(g: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- export
 
-def _target_names() -> list[str]:
+def _targets() -> dict[str, Any]:
     from exporters.targets import TARGETS
-    return list(TARGETS)
+    return TARGETS
+
+
+def _trt_sources() -> list[str]:
+    from exporters.targets import TRT_SOURCES
+    return list(TRT_SOURCES)
 
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
-@click.option("--target", "targets", multiple=True, required=True, type=click.Choice(_target_names()),
-              help="What to export (repeatable): onnx, onnx-int8, onnx-fp16, trt.")
+@click.option("--target", "targets", multiple=True, required=True, type=click.Choice(list(_targets())),
+              help="What to export (repeatable). " + "; ".join(f"{t.name}: {t.description}"
+                                                              for t in _targets().values()) + ".")
 @click.option("--opset", type=int, default=None, help="ONNX opset [onnx targets; default 17].")
 @click.option("--validate-images", type=int, default=None,
               help="Test images the export is validated on against PyTorch [onnx targets; default 10000; 0 skips].")
@@ -359,7 +331,7 @@ def _target_names() -> list[str]:
                    "[onnx-int8; default 5000].")
 @click.option("--int8-format", type=click.Choice(["qdq", "qoperator"]), default=None,
               help="QDQ (TensorRT and ONNX Runtime) or QOperator (ONNX Runtime CPU) [onnx-int8; default qdq].")
-@click.option("--source", type=click.Choice(["onnx", "int8", "fp16"]), default=None,
+@click.option("--source", type=click.Choice(_trt_sources()), default=None,
               help="Which ONNX file the plan is built from [trt; default onnx].")
 @click.option("--min-batch", type=int, default=None, help="Plan profile minimum batch [trt; default 1].")
 @click.option("--opt-batch", type=int, default=None, help="Plan profile optimal batch [trt; default 32].")
@@ -456,36 +428,13 @@ def verify(artifact: Path, files: tuple[Path, ...], backend: str, test_csv: Path
 def bench(artifact: Path, files: tuple[Path, ...], threads: int, iters: int, seconds: float, soak: int, check: bool,
           as_json: bool) -> None:
     """Time runtime.Classifier beside PyTorch eager and a bare InferenceSession, same run."""
-    import torch
-
-    from exporters.graph import GatedModel
-    from exporters.onnx_export import load_calibrated
-    from runtime.formats import FORMATS
-
-    from . import bench as b
-    from .data import embedded_mnist
+    from .bench import format_bench, run_bench
     if threads < 1:
         raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
-    torch.set_num_threads(threads)
-    paths = [Path(f) for f in files] or [artifact / f.filename for f in FORMATS if (artifact / f.filename).is_file()]
-    if not paths:
-        raise FileNotFoundError(f"{artifact}: no exported model files: run 'lenet-tool export {artifact} --target onnx'")
-    ckpt, _, pipeline = load_calibrated(artifact)
-    model = GatedModel(pipeline, ckpt["calibration"]).eval()
-    images = embedded_mnist("test").images[:2048, None].copy()
-    small, big = b.field_crops(images)
-    results = []
-    for p in paths:
-        if not as_json:
-            click.echo(f"benchmarking {p} ...", err=True)
-        results.append(b.bench_file(p, images, threads=threads, iters=iters, seconds=seconds, torch_model=model,
-                                    crop=small[0]))
-    results[0]["preprocess_us"] = b.preprocess_timings(small, big, iters)
-    imp = b.import_seconds()
-    soak_res = b.soak(paths[0], images, soak, threads) if soak else None
-    fails = b.check_targets(results, imp, soak_res)
-    _emit(as_json, {"results": results, "import_runtime_seconds": imp, "soak": soak_res, "missed": fails},
-          b.format_bench(results, imp, soak_res, fails))
+    res = run_bench(artifact, [Path(f) for f in files], threads=threads, iters=iters, seconds=seconds, soak_n=soak,
+                    progress=None if as_json else lambda p: click.echo(f"benchmarking {p} ...", err=True))
+    fails = res["missed"]
+    _emit(as_json, res, format_bench(res["results"], res["import_runtime_seconds"], res["soak"], fails))
     if fails and check:
         sys.exit(1)
 

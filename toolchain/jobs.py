@@ -5,9 +5,7 @@ Each writes its files atomically and finishes by rewriting ``manifest.json``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,48 +13,49 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.fileio import ArtifactError, atomic_write_json, load_json_file, sha256_file
+from runtime.fileio import ArtifactError, atomic_write_json, load_json_file
 
-from . import __version__, gate, ood, report
+from . import gate, ood, report
 from .checkpoint import build_pipeline, load_checkpoint, save_checkpoint
-from .data import DataError, Dataset, load_idx_folder, read_csv, read_idx
+from .data import DataError, Dataset, load_dataset, load_idx_folder, load_recorded, read_csv, read_idx
 from .evaluate import evaluate_test
+from .manifest import library_versions, write_manifest  # noqa: F401  (write_manifest is re-exported)
 from .model import Novelty, fit_novelty
 from .train import TrainConfig, TrainResult, fit, predict_logits, predict_novelty
 
-LIBRARIES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime", "click", "matplotlib")
 OOD_PER_KIND = 10_000
 #: OOD kinds that outlier exposure synthesises in training; the others are never seen.
 OOD_SEEN_IN_TRAINING = ("uniform-noise", "black", "white", "scrambled-digits")
 
 
-def library_versions() -> dict[str, str]:
-    """Installed versions of the libraries the artifacts depend on."""
-    out = {"python": platform.python_version()}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def write_manifest(out_dir: Path) -> dict[str, Any]:
-    """SHA-256 and size of every file in ``out_dir`` (but the manifest and resume state)."""
-    files = {}
-    for p in sorted(out_dir.rglob("*")):
-        if p.is_file() and p.name not in ("manifest.json", "last.pt") and not p.name.startswith("."):
-            rel = p.relative_to(out_dir).as_posix()
-            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    manifest = {"schema_version": 1, "tool": "lenet-tool", "tool_version": __version__,
-                "libraries": library_versions(), "files": files}
-    atomic_write_json(out_dir / "manifest.json", manifest)
-    return manifest
-
-
 def read_metrics(out_dir: Path) -> dict[str, Any]:
     path = out_dir / "metrics.json"
     return load_json_file(path) if path.is_file() else {}
+
+
+# --------------------------------------------------------------------------- the data an artifact was made with
+
+def recorded_data(artifact: Path) -> dict[str, Any] | None:
+    """Where ARTIFACT's checkpoint says its training and test data came from (None: not recorded)."""
+    path = artifact / "checkpoint.pt" if artifact.is_dir() else artifact
+    if not path.is_file():
+        return None
+    return load_checkpoint(path).get("data")
+
+
+def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
+                need_train: bool = True, artifact: Path | None = None) -> tuple[Any, Any]:
+    """The splits the options name; a split no option names is read again from where ARTIFACT's
+    checkpoint recorded it (checked by SHA-256), else the embedded MNIST."""
+    recorded = recorded_data(artifact) if artifact is not None and not idx_dir else None
+    what = f"the checkpoint in {artifact}"
+
+    def one(csv: Path | None, split: str) -> Any:
+        if csv is not None or idx_dir is not None or not recorded:
+            return load_dataset(csv=csv, idx_dir=idx_dir, split=split)
+        return load_recorded(recorded.get(split), split, what=what)
+
+    return one(train_csv, "train") if need_train else None, one(test_csv, "test")
 
 
 # --------------------------------------------------------------------------- data for the gate
@@ -307,3 +306,26 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
                                 ood_name=ood_name, test_eval=test_eval,
                                 holdout_rows=np.asarray(ckpt["split"]["holdout_indices"]))
     return json.loads(json.dumps(read_metrics(out_dir)))
+
+
+def recalibrate(artifact: Path, gate_cfg: gate.GateConfig, *, train_csv: Path | None = None,
+                test_csv: Path | None = None, idx_dir: Path | None = None, holdout_csv: Path | None = None,
+                holdout_idx: Path | None = None, ood_data: Path | None = None) -> dict[str, Any]:
+    """``lenet-tool calibrate``: re-fit ARTIFACT's gate on user-given held-out data or, by default,
+    on the checkpoint's held-out split of the training data (read again from where it was
+    recorded unless given); returns the gate metrics (see :func:`calibrate`)."""
+    ckpt_path = artifact / "checkpoint.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    if holdout_csv or holdout_idx:
+        holdout = load_dataset(csv=holdout_csv, idx_dir=holdout_idx, split="train")
+        split_info: dict[str, Any] = {"split": "user", "dataset_sha256": holdout.sha256}
+        rows = None
+        test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact)[1]
+    else:
+        train_ds, test = load_splits(train_csv, test_csv, idx_dir, artifact=artifact)
+        holdout = holdout_from_checkpoint(ckpt, train_ds, str(ckpt_path))
+        split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
+        rows = ckpt["split"]["holdout_indices"]
+    ood_images = load_ood_images(ood_data) if ood_data else None
+    return calibrate(artifact, holdout=holdout, test=test, gate_cfg=gate_cfg, ood_images=ood_images,
+                     ood_name=str(ood_data) if ood_data else None, split_info=split_info, holdout_rows=rows)

@@ -50,7 +50,7 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
     """
     from exporters.graph import GatedModel
     from exporters.onnx_export import CHUNK, load_calibrated, torch_reference
-    from exporters.validate import TOLERANCES, ValidationError, compare
+    from exporters.validate import TOLERANCES, compare
     from runtime import BackendUnavailable, Classifier
 
     t0 = time.perf_counter()
@@ -88,11 +88,8 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
                    "confidence": np.concatenate([p.confidences for p in preds]),
                    "label": np.concatenate([p.labels for p in preds]),
                    "accepted": np.concatenate([p.accepted for p in preds])}
-            try:
-                rep = compare(f"{f.name} [{name}]", precision, refs[name], got, graph.threshold, labels, tol)
-            except ValidationError as e:
-                rep = e.report
-            entry["reports"][name] = rep
+            entry["reports"][name] = compare(f"{f.name} [{name}]", precision, refs[name], got, graph.threshold,
+                                             labels, tol)
         clf.close()
         results.append(entry)
     failed = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())

@@ -1,0 +1,45 @@
+"""lenet-tool bench: the runtime timed beside its baselines, every ratio what its name says."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from toolchain.cli import main
+
+
+@pytest.fixture(scope="module")
+def art(onnx_artifact):
+    return onnx_artifact
+
+
+def b_text(art) -> str:
+    r = CliRunner().invoke(main, ["bench", str(art), "--iters", "100", "--seconds", "0.02", "--no-check"])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_bench_reports_baselines(art):
+    r = CliRunner().invoke(main, ["bench", str(art), "--iters", "200", "--seconds", "0.05", "--no-check", "--json",
+                                  "--soak", "2000"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    one = res["results"][0]
+    assert set(one["latency_us"]) == {"classifier", "bare_session", "torch_eager", "crop_to_decision"}
+    # Crop to decision is the preprocessing plus the model call: never faster than the call alone.
+    assert one["latency_us"]["crop_to_decision"]["p50"] > one["latency_us"]["classifier"]["p50"]
+    pre = one["preprocess_us"]
+    assert pre["crop_480_p50_us"] > 0 and pre["crop_64_p50_us"] > 0 and pre["batch_64_per_crop_us"] > 0
+    assert "runtime.preprocess p50: 64x64 crop" in b_text(art)
+    thr, lu, q = one["throughput_img_s"], one["latency_us"], one["ratios"]
+    assert set(thr) == {"1", "32", "256", "1024"}
+    assert all(v > 0 for runners in thr.values() for v in runners.values())
+    # every ratio is the one its name says, from the figures printed beside it
+    assert q["p50_vs_bare"] == pytest.approx(lu["classifier"]["p50"] / lu["bare_session"]["p50"])
+    assert q["speedup_vs_torch"] == pytest.approx(lu["torch_eager"]["p50"] / lu["classifier"]["p50"])
+    assert q["throughput_1024_vs_bare"] == pytest.approx(thr["1024"]["classifier"] / thr["1024"]["bare_session"])
+    for runner in ("classifier", "bare_session", "torch_eager"):
+        assert 0 < lu[runner]["p50"] <= lu[runner]["p99"]
+    assert res["soak"]["predictions"] == 2000 and res["import_runtime_seconds"] > 0
