@@ -421,10 +421,10 @@ def plan_ladder(fit_scores: np.ndarray, fit_ok: np.ndarray, thresholds: np.ndarr
     For each threshold the score-fitting part's error rate among the frames it accepts is
     taken as the certifying part's, giving the Clopper-Pearson bound that part would be
     expected to reach. The walk rung is the lowest rung expected to pass at the most
-    conservative threshold; every larger rung is paired with the lowest threshold expected
-    (with the error rate one sigma high) to reach :data:`PLAN_MARGIN` of it, with all
-    thresholds above it, so that where the certifying data disappoints the gate falls back to
-    a larger risk at a useful coverage rather than to the first threshold.
+    conservative threshold; every larger rung is paired with the lowest threshold expected to
+    reach :data:`PLAN_MARGIN` of it, with all thresholds above it, so that where the certifying
+    data disappoints the gate falls back to a larger risk at a useful coverage rather than to
+    the first threshold.
     Looking only at the score-fitting part keeps the plan independent of the data that
     certifies, as the fixed-sequence guarantee requires.
 
@@ -434,30 +434,27 @@ def plan_ladder(fit_scores: np.ndarray, fit_ok: np.ndarray, thresholds: np.ndarr
     wrong = ~np.asarray(fit_ok, dtype=bool)
     top = max(rungs)
 
-    def expected_bound(theta: float, careful: bool) -> float:
+    def expected_bound(theta: float) -> float:
         acc = fit_scores >= theta
         k_fit = int(acc.sum())
         if k_fit == 0:
             return 1.0
-        e_fit = int(wrong[acc].sum())
-        # careful: the fit part's rate one sigma high, so a planned pair fails on the certifying
-        # part about one time in six at worst, not one in two (a failure ends the sequence).
-        rate = binomial_upper_bound(e_fit, k_fit, 0.16) if careful else e_fit / k_fit
+        rate = float(wrong[acc].sum()) / k_fit
         k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
         return binomial_upper_bound(int(round(rate * k_cert)), k_cert, delta)
 
-    walk = next((r for r in sorted(rungs) if expected_bound(float(thresholds[0]), False) <= r), top)
-    careful: list[float] = []
+    expected: list[float] = []
     for theta in thresholds:
-        careful.append(expected_bound(float(theta), True))
-        if careful[-1] > PLAN_MARGIN * top:  # no planned pair can stop here or below (prefixes)
+        expected.append(expected_bound(float(theta)))
+        if expected[-1] > PLAN_MARGIN * top:  # no planned pair stops here or below
             break
+    walk = next((r for r in sorted(rungs) if expected[0] <= r), top)
     plan = []
     for r in sorted((r for r in rungs if r > walk), reverse=True):
         # Half the rung: a planned pair that fails ends the sequence before the walk, so it must
         # all but never fail where the walk rung would have passed (MNIST's default never meets it).
         j = 0
-        while j + 1 < len(careful) and careful[j + 1] <= PLAN_MARGIN * r:
+        while j + 1 < len(expected) and expected[j + 1] <= PLAN_MARGIN * r:
             j += 1
         plan.append((r, float(thresholds[j])))
     return plan, walk
