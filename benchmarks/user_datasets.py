@@ -57,8 +57,8 @@ def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) 
     folder.mkdir(parents=True, exist_ok=True)
     img = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", len(images), 28, 28) + images.astype(np.uint8).tobytes()
     lbl = struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", len(labels)) + labels.astype(np.uint8).tobytes()
-    (folder / names[0]).write_bytes(gzip.compress(img, 6))
-    (folder / names[1]).write_bytes(gzip.compress(lbl, 6))
+    (folder / names[0]).write_bytes(gzip.compress(img, 6, mtime=0))
+    (folder / names[1]).write_bytes(gzip.compress(lbl, 6, mtime=0))
 
 
 def fetch_fashion(work: Path, given: Path | None) -> Path:

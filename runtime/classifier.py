@@ -11,6 +11,7 @@ import numpy as np
 
 from .backends import BACKENDS, BackendUnavailable, backend_for_path
 from .backends.base import Backend
+from .formats import format_for_path
 
 
 @dataclass(frozen=True)
@@ -94,9 +95,11 @@ class Classifier:
         wanted = backend_for_path(path) if backend == "auto" else backend
         if wanted not in BACKENDS:
             raise ValueError(f"backend {backend!r}: expected 'auto' or one of {', '.join(BACKENDS)}")
-        if backend != "auto" and wanted != backend_for_path(path):
-            raise ValueError(f"backend {backend!r} cannot load {path.name}: it is a "
-                             f"{backend_for_path(path)} file")
+        fmt = format_for_path(path)
+        if fmt.name not in BACKENDS[wanted].formats:
+            loaders = [n for n, b in BACKENDS.items() if fmt.name in b.formats]
+            raise ValueError(f"backend {backend!r} cannot load {path.name}: it is a {fmt.name} file, which "
+                             f"{', '.join(loaders)} load")
         cls = BACKENDS[wanted]
         cls.check_options(options)  # a typo is an error even where the backend is missing
         ok, why = cls.available()

@@ -15,7 +15,7 @@ class FileFormat:
     name: str
     filename: str  # the file name export writes in the artifact folder
     precision: str
-    backend: str  # the runtime backend that loads it
+    backend: str  # the runtime backend that loads it by default (backend="auto")
 
 
 FORMATS: tuple[FileFormat, ...] = (

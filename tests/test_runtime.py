@@ -93,9 +93,10 @@ def test_backend_choice_errors(art, tmp_path):
     with pytest.raises(BackendUnavailable, match=r"requested execution provider\(s\) CUDAExecutionProvider, "
                        r"available providers are .*CPUExecutionProvider"):
         Classifier(art / "model.onnx", providers=["CUDAExecutionProvider"])
-    with pytest.raises(ValueError, match="backend 'tensorrt' cannot load model.onnx: it is a onnxruntime file"):
+    with pytest.raises(ValueError, match="backend 'tensorrt' cannot load model.onnx: it is a onnx file, which "
+                                         "onnxruntime, openvino load"):
         Classifier(art / "model.onnx", backend="tensorrt")
-    with pytest.raises(ValueError, match="backend 'tflite': expected 'auto' or one of onnxruntime, tensorrt"):
+    with pytest.raises(ValueError, match="backend 'tflite': expected 'auto' or one of onnxruntime, openvino, tensorrt"):
         Classifier(art / "model.onnx", backend="tflite")
     (tmp_path / "x.tflite").write_bytes(b"")
     with pytest.raises(ValueError, match=r"unknown model file type '.tflite'"):

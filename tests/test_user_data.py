@@ -107,8 +107,8 @@ def _write_idx(folder, split, images, labels):
              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}[split]
     img = struct.pack(">HBB", 0, 8, 3) + struct.pack(">3I", len(images), 28, 28) + images.tobytes()
     lbl = struct.pack(">HBB", 0, 8, 1) + struct.pack(">I", len(labels)) + labels.astype(np.uint8).tobytes()
-    (folder / names[0]).write_bytes(gzip.compress(img))
-    (folder / names[1]).write_bytes(gzip.compress(lbl))
+    (folder / names[0]).write_bytes(gzip.compress(img, mtime=0))  # same bytes for the same images
+    (folder / names[1]).write_bytes(gzip.compress(lbl, mtime=0))
 
 
 def test_idx_folders_are_recorded_and_checked(tmp_path, mnist_train, mnist_test):

@@ -64,3 +64,15 @@ def test_verify_fails_on_a_model_that_really_differs(art, tmp_path, small_split,
     jobs.write_manifest(mixed)
     r = CliRunner().invoke(main, ["verify", str(mixed)])
     assert r.exit_code == 1 and "FAIL" in r.output and "SHA-256 differs" not in r.output
+
+
+def test_verify_every_runtime_prints_one_agreement_table(art):
+    pytest.importorskip("openvino", reason="OpenVINO is not installed (pip install lenet-tool[openvino])")
+    r = CliRunner().invoke(main, ["verify", str(art), "--runtime", "all", "--field-images", "0", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = {(p["file"].rsplit("/", 1)[-1], p["backend"]) for p in json.loads(r.output)["files"]}
+    assert {("model.onnx", "onnxruntime"), ("model.onnx", "openvino")} <= rows
+    text = CliRunner().invoke(main, ["verify", str(art), "--runtime", "all", "--field-images", "0"]).output
+    table = text[text.index("Every runtime against PyTorch"):].splitlines()
+    ov_row = next(line for line in table if line.startswith("model.onnx") and "openvino" in line)
+    assert ov_row.split()[2:7] == ["100.000%", "/", "100.000%", "100.000%", "/"]

@@ -390,7 +390,9 @@ def info(path: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--backend", default="auto", help="Runtime backend for every file (auto picks per file).")
+@click.option("--backend", "--runtime", "backend", default="auto",
+              help="Runtime backend for every file: auto (each file's default), a backend name, or 'all': every "
+                   "installed runtime on every file it loads, with one agreement table.")
 @click.option("--test-csv", type=click.Path(path_type=Path),
               help="Test set as a seed CSV (default: the test set the artifact was trained with, SHA-256 checked).")
 @click.option("--idx-dir", type=click.Path(path_type=Path), help="Folder of IDX files holding the test set.")

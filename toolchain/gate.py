@@ -116,6 +116,19 @@ def min_holdout(fraction: float) -> int:
 
 # --------------------------------------------------------------------------- scores
 
+def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
+    """Row-wise log-sum-exp of ``z (N, C)`` from basic ops (max, exp, sum, log), shifted by the row
+    maximum so it cannot overflow.
+
+    Not ``torch.logsumexp``: that exports as ONNX ``ReduceLogSumExp``, which OpenVINO 2026.4 computes
+    over the whole tensor when the axes come as the opset-17 attribute (one energy for a whole
+    batch, so the energy floor passed every frame of it: 3.1% of MNIST test frames accepted that
+    ONNX Runtime refuses). Max, exp, sum and log mean the same on every runtime.
+    """
+    m = z.amax(dim=1, keepdim=True)
+    return (m + torch.log(torch.exp(z - m).sum(dim=1, keepdim=True))).squeeze(1)
+
+
 def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tensor | None = None) -> torch.Tensor:
     """The calibrated gate score in [0, 1] for ``logits (N, C)``, per ``calib``.
 
@@ -136,7 +149,7 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tenso
         # there is; the energy (a log-sum-exp of the logits) is low for frames unlike any digit.
         # Frames with less evidence than nearly all held-out digits are refused outright.
         msp = torch.softmax(logits / t, dim=1).amax(dim=1)
-        energy = t * torch.logsumexp(logits / t, dim=1)
+        energy = t * logsumexp_rows(logits / t)
         keep = energy >= float(calib["energy_floor"])
         if calib.get("novelty_ceiling") is not None:
             # Frames far from the training frames' principal subspace (clothing, say) can still
@@ -147,7 +160,7 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tenso
             keep = keep & (novelty.to(logits.dtype) <= float(calib["novelty_ceiling"]))
         return torch.where(keep, msp, torch.zeros_like(msp))
     if score == "energy":
-        raw = t * torch.logsumexp(logits / t, dim=1)
+        raw = t * logsumexp_rows(logits / t)
     elif score == "maxlogit":
         raw = logits.amax(dim=1)
     else:

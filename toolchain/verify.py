@@ -49,9 +49,7 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
     one comparison report per image set (see :func:`exporters.validate.compare`).
     """
     from exporters.graph import GatedModel
-    from exporters.onnx_export import CHUNK, load_calibrated, torch_reference
-    from exporters.validate import TOLERANCES, compare
-    from runtime import BackendUnavailable, Classifier
+    from exporters.onnx_export import load_calibrated, torch_reference
 
     t0 = time.perf_counter()
     if files is None:
@@ -68,30 +66,8 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
     results = []
     for f in files:
         fmt = format_for_path(f)
-        entry: dict[str, Any] = {"file": str(f), "precision": fmt.precision, "reports": {}}
-        try:
-            clf = Classifier(f, backend=backend)
-        except BackendUnavailable as e:
-            entry["skipped"] = str(e)
-            results.append(entry)
-            continue
-        except Exception as e:  # a file that does not even load is a failure to report, not a crash
-            entry["error"] = f"cannot load: {e}"
-            results.append(entry)
-            continue
-        precision = clf.metadata.get("precision", fmt.precision)
-        tol = (tolerances or {}).get(precision) or TOLERANCES.get(precision, TOLERANCES["fp32"])
-        entry.update(backend=clf.backend, providers=clf.providers, precision=precision)
-        for name, (imgs, labels) in sets.items():
-            preds = [clf.predict(imgs[i:i + CHUNK]) for i in range(0, len(imgs), CHUNK)]
-            got = {"logits": np.concatenate([p.logits for p in preds]),
-                   "confidence": np.concatenate([p.confidences for p in preds]),
-                   "label": np.concatenate([p.labels for p in preds]),
-                   "accepted": np.concatenate([p.accepted for p in preds])}
-            entry["reports"][name] = compare(f"{f.name} [{name}]", precision, refs[name], got, graph.threshold,
-                                             labels, tol)
-        clf.close()
-        results.append(entry)
+        for name in _backends_for(fmt.name, backend):
+            results.append(_check_file(f, fmt, name, sets, refs, graph.threshold, tolerances))
     failed = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
                                    for r in results)
     field_mild = None
@@ -99,9 +75,65 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
         # The device's path on camera crops: reported beside the checks, not a pass/fail of its own
         # (the field's targets are the model's, not the export's); only for files that passed.
         from .fieldbench import run_field
-        field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0, backend=backend)
+        field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0,
+                               backend="auto" if backend == "all" else backend)
     return {"passed": not failed, "manifest": problems, "files": results, "seconds": time.perf_counter() - t0,
-            "n_test": len(test), "field_mild": field_mild}
+            "n_test": len(test), "field_mild": field_mild, "all_runtimes": backend == "all"}
+
+
+def _backends_for(fmt: str, backend: str) -> list[str]:
+    """The backends to run a file of format ``fmt`` on: the one asked ("auto": the file's
+    default), or with "all" every backend that loads the format (unavailable ones are reported
+    as skipped)."""
+    from runtime.backends import BACKENDS
+    if backend != "all":
+        return [backend]
+    return [n for n, b in BACKENDS.items() if fmt in b.formats]
+
+
+def _check_file(f: Path, fmt: Any, backend: str, sets: dict[str, Any], refs: dict[str, Any], threshold: float,
+                tolerances: dict[str, Any] | None) -> dict[str, Any]:
+    """One file on one backend against the PyTorch references, every image set."""
+    from exporters.onnx_export import CHUNK
+    from exporters.validate import TOLERANCES, compare
+    from runtime import BackendUnavailable, Classifier
+    entry: dict[str, Any] = {"file": str(f), "precision": fmt.precision, "reports": {}, "backend": backend}
+    try:
+        clf = Classifier(f, backend=backend)
+    except BackendUnavailable as e:
+        entry["skipped"] = str(e)
+        return entry
+    except Exception as e:  # a file that does not even load is a failure to report, not a crash
+        entry["error"] = f"cannot load: {e}"
+        return entry
+    precision = clf.metadata.get("precision", fmt.precision)
+    tol = (tolerances or {}).get(precision) or TOLERANCES.get(precision, TOLERANCES["fp32"])
+    entry.update(backend=clf.backend, providers=clf.providers, precision=precision)
+    for name, (imgs, labels) in sets.items():
+        preds = [clf.predict(imgs[i:i + CHUNK]) for i in range(0, len(imgs), CHUNK)]
+        got = {"logits": np.concatenate([p.logits for p in preds]),
+               "confidence": np.concatenate([p.confidences for p in preds]),
+               "label": np.concatenate([p.labels for p in preds]),
+               "accepted": np.concatenate([p.accepted for p in preds])}
+        entry["reports"][name] = compare(f"{f.name} [{name}]", precision, refs[name], got, threshold, labels, tol)
+    clf.close()
+    return entry
+
+
+def format_runtime_table(res: dict[str, Any]) -> str:
+    """One agreement table: every file on every runtime against PyTorch (test / seed-protocol set)."""
+    lines = ["Every runtime against PyTorch (test / seed-protocol set):",
+             f"{'file':<18} {'runtime':<12} {'labels agree':>19} {'accept decisions agree':>25} {'max |logit diff|':>20}"]
+    for r in res["files"]:
+        name = Path(r["file"]).name
+        if "skipped" in r or "error" in r:
+            lines.append(f"{name:<18} {r['backend']:<12} {'skipped: ' + r['skipped'] if 'skipped' in r else 'FAIL'}")
+            continue
+        t, s = r["reports"]["test"], r["reports"]["seed_protocol"]
+        lines.append(f"{name:<18} {r['backend']:<12} {100 * t.label_agreement:>8.3f}% / {100 * s.label_agreement:>7.3f}% "
+                     f"{100 * t.accept_agreement:>12.3f}% / {100 * s.accept_agreement:>7.3f}% "
+                     f"{t.max_abs_logit_diff:>9.3g} / {s.max_abs_logit_diff:<8.3g}")
+    return "\n".join(lines)
 
 
 def format_verify(res: dict[str, Any]) -> str:
@@ -125,6 +157,8 @@ def format_verify(res: dict[str, Any]) -> str:
         lines.append(f"field, mild camera crops ({fm['n']} test digits, runtime.preprocess + {fm['model']}): "
                      f"accuracy {100 * m['accuracy']:.2f}%, coverage {100 * m['coverage']:.2f}%, selective risk "
                      f"{100 * m['selective_risk']:.3f}%")
+    if res.get("all_runtimes"):
+        lines.append(format_runtime_table(res))
     lines.append(f"verify: {'PASS' if res['passed'] else 'FAIL'} ({res['seconds']:.1f} s, {res['n_test']} test images "
                  "and their seed-protocol versions)")
     return "\n".join(lines)

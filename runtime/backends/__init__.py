@@ -7,9 +7,10 @@ from pathlib import Path
 from ..formats import format_for_path
 from .base import Backend, BackendUnavailable
 from .ort import OnnxRuntimeBackend
+from .ov import OpenVINOBackend
 from .trt import TensorRTBackend
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (OnnxRuntimeBackend, TensorRTBackend)}
+BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (OnnxRuntimeBackend, OpenVINOBackend, TensorRTBackend)}
 
 __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "available_backends", "backend_for_path"]
 
@@ -25,5 +26,6 @@ def available_backends() -> dict[str, str]:
 
 
 def backend_for_path(path: str | Path) -> str:
-    """The backend that loads this file, from the shared format table."""
+    """The default backend for this file, from the shared format table (others may load it too:
+    :attr:`Backend.formats`)."""
     return format_for_path(path).backend

@@ -32,6 +32,8 @@ class Backend(ABC):
     name: ClassVar[str]
     #: The keyword options ``_load`` takes; anything else is refused (a typo must not run on defaults).
     options: ClassVar[tuple[str, ...]] = ()
+    #: The file formats (``runtime.formats`` names) this backend loads.
+    formats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, path: str | Path, **options: Any) -> None:
         self.check_options(options)

@@ -28,6 +28,7 @@ class OnnxRuntimeBackend(Backend):
 
     name = "onnxruntime"
     options = ("providers", "threads")
+    formats = ("onnx", "onnx-int8", "onnx-fp16")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

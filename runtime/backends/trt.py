@@ -97,6 +97,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     options = ("device",)
+    formats = ("tensorrt",)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
