@@ -27,7 +27,9 @@ def test_bench_reports_baselines(art):
     assert r.exit_code == 0, r.output
     res = json.loads(r.output)
     one = res["results"][0]
-    assert set(one["latency_us"]) == {"classifier", "bare_session", "torch_eager", "crop_to_decision"}
+    from runtime.backends import BACKENDS
+    with_ov = {"openvino"} if BACKENDS["openvino"].available()[0] else set()
+    assert set(one["latency_us"]) == {"classifier", "bare_session", "torch_eager", "crop_to_decision"} | with_ov
     # Crop to decision is the preprocessing plus the model call: never faster than the call alone.
     assert one["latency_us"]["crop_to_decision"]["p50"] > one["latency_us"]["classifier"]["p50"]
     pre = one["preprocess_us"]
@@ -40,6 +42,9 @@ def test_bench_reports_baselines(art):
     assert q["p50_vs_bare"] == pytest.approx(lu["classifier"]["p50"] / lu["bare_session"]["p50"])
     assert q["speedup_vs_torch"] == pytest.approx(lu["torch_eager"]["p50"] / lu["classifier"]["p50"])
     assert q["throughput_1024_vs_bare"] == pytest.approx(thr["1024"]["classifier"] / thr["1024"]["bare_session"])
+    if with_ov:  # OpenVINO beside ONNX Runtime, same run
+        assert q["openvino_p50_vs_classifier"] == pytest.approx(lu["openvino"]["p50"] / lu["classifier"]["p50"])
+        assert thr["1024"]["openvino"] > 0
     for runner in ("classifier", "bare_session", "torch_eager"):
         assert 0 < lu[runner]["p50"] <= lu[runner]["p99"]
     assert res["soak"]["predictions"] == 2000 and res["import_runtime_seconds"] > 0

@@ -88,6 +88,7 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
     import onnxruntime as ort
 
     from runtime import Classifier
+    from runtime.backends import BACKENDS
     clf = Classifier(path, providers=["CPUExecutionProvider"], threads=threads) if path.suffix == ".onnx" \
         else Classifier(path)
     res: dict[str, Any] = {"file": str(path), "backend": clf.backend, "providers": clf.providers, "threads": threads}
@@ -103,6 +104,10 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
         def bare_run(x: np.ndarray) -> Any:
             return sess.run(None, {"image": x})
         lat["bare_session"] = _latencies(bare_run, one, iters)
+    ov_clf = None
+    if path.suffix == ".onnx" and BACKENDS["openvino"].available()[0]:  # beside ONNX Runtime, same run
+        ov_clf = Classifier(path, backend="openvino", threads=threads)
+        lat["openvino"] = _latencies(ov_clf.predict, one, iters)
     if crop is not None:
         from runtime.preprocess import preprocess
 
@@ -122,6 +127,8 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
         thr[str(b)] = {"classifier": _throughput(clf.predict, x, seconds)}
         if bare_run is not None:
             thr[str(b)]["bare_session"] = _throughput(bare_run, x, seconds)
+        if ov_clf is not None:
+            thr[str(b)]["openvino"] = _throughput(ov_clf.predict, x, seconds)
         if torch_model is not None:
             thr[str(b)]["torch_eager"] = _throughput(torch_run, x, seconds)
     res["throughput_img_s"] = thr
@@ -132,6 +139,10 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
         ratios["throughput_1024_vs_bare"] = thr["1024"]["classifier"] / thr["1024"]["bare_session"]
     if "torch_eager" in lu:
         ratios["speedup_vs_torch"] = lu["torch_eager"]["p50"] / lu["classifier"]["p50"]
+    if ov_clf is not None:
+        ratios["openvino_p50_vs_classifier"] = lu["openvino"]["p50"] / lu["classifier"]["p50"]
+        ratios["openvino_throughput_1024_vs_classifier"] = thr["1024"]["openvino"] / thr["1024"]["classifier"]
+        ov_clf.close()
     res["ratios"] = ratios
     clf.close()
     return res
