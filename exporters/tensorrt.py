@@ -11,6 +11,7 @@ Triton load it; everything else goes into ``model.engine.json``.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,14 @@ def parse_onnx(trt: Any, network: Any, logger: Any, onnx_bytes: bytes, source: P
 
 
 def build_plan(onnx_path: Path, *, min_batch: int, opt_batch: int, max_batch: int, workspace_mib: int,
-               timing_cache: Path | None) -> tuple[bytes, dict[str, Any]]:
-    """Build a serialized plan; returns the bytes and what the sidecar records of the build."""
+               timing_cache: Path | None, precision: str = "fp32") -> tuple[bytes, dict[str, Any]]:
+    """Build a serialized plan; returns the bytes and what the sidecar records of the build.
+
+    ``precision`` is the ONNX file's: for ``fp32`` TF32 is turned off (TensorRT allows it by
+    default, and the plan is then validated with fp32 tolerances; on an H100 TF32 moved logits
+    by 1.5e-3). A timing cache from another GPU or TensorRT version is not used (TensorRT
+    refuses it): the build starts from an empty cache, which then replaces the file.
+    """
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"batch profile min {min_batch}, opt {opt_batch}, max {max_batch}: expected "
                          "1 <= min <= opt <= max")
@@ -66,16 +73,28 @@ def build_plan(onnx_path: Path, *, min_batch: int, opt_batch: int, max_batch: in
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, (min_batch, 1, 28, 28), (opt_batch, 1, 28, 28), (max_batch, 1, 28, 28))
     config.add_optimization_profile(profile)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if precision == "fp32" and tf32 is not None:
+        config.clear_flag(tf32)
     cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if cache is None or not config.set_timing_cache(cache, ignore_mismatch=False):
+        if not cache_bytes:
+            raise ValueError(f"{onnx_path}: TensorRT refused an empty timing cache")
+        # The artifact folder travels between machines, and its cache with it.
+        warnings.warn(f"{timing_cache}: a timing cache from another GPU or TensorRT version; building without it "
+                      "(the file is replaced by this build's cache)", stacklevel=2)
+        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            raise ValueError(f"{onnx_path}: TensorRT refused an empty timing cache")
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise ValueError(f"{onnx_path}: TensorRT could not build a plan (see the log above)")
-    if timing_cache is not None:
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+    final = config.get_timing_cache() if timing_cache is not None else None
+    if final is not None:
+        atomic_write_bytes(timing_cache, bytes(final.serialize()))
     return bytes(plan), {"tensorrt_version": trt.__version__, "compute_capability": compute_capability(),
                          "profile": {"min": min_batch, "opt": opt_batch, "max": max_batch},
+                         "tf32": not (precision == "fp32" and tf32 is not None),
                          "workspace_mib": workspace_mib, "timing_cache": str(timing_cache) if timing_cache else None}
 
 
@@ -104,7 +123,7 @@ def export_plan(artifact: Path, source: Path, *, min_batch: int, opt_batch: int,
                                 f"{'onnx' if source.name == 'model.onnx' else 'onnx-int8/onnx-fp16'})")
     meta = onnx_metadata(source)
     plan, build = build_plan(source, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                             workspace_mib=workspace_mib, timing_cache=timing_cache)
+                             workspace_mib=workspace_mib, timing_cache=timing_cache, precision=meta["precision"])
     path = artifact / "model.engine"
     atomic_write_bytes(path, plan)
     atomic_write_json(sidecar_path(path), sidecar(meta, plan, build, source))

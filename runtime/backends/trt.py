@@ -123,10 +123,17 @@ class TensorRTBackend(Backend):
         if set(names) != {INPUT_NAME, *OUTPUT_NAMES}:
             raise MetadataError(f"{self.path}: plan tensors {names}: expected {INPUT_NAME} and {list(OUTPUT_NAMES)}")
         self._dtypes = {n: np.dtype(trt.nptype(self._engine.get_tensor_dtype(n))) for n in names}
-        self._max_batch = int(meta["tensorrt"]["profile"]["max"])
+        self._init_state(device, int(meta["tensorrt"]["profile"]["min"]), int(meta["tensorrt"]["profile"]["max"]))
+
+    def _init_state(self, device: int, min_batch: int, max_batch: int) -> None:
+        """Per-thread contexts, the in-flight count that ``close`` waits for, the profile's batch range."""
+        self._device, self._min_batch, self._max_batch = device, min_batch, max_batch
         self._local = threading.local()
         self._contexts: list[Any] = []
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._closed = False
 
     @property
     def providers(self) -> list[str]:
@@ -135,6 +142,8 @@ class TensorRTBackend(Backend):
     def _context(self) -> Any:
         ctx = getattr(self._local, "ctx", None)
         if ctx is None:
+            # The current CUDA device is per host thread: a new thread starts on GPU 0.
+            _check(self._cudart.cudaSetDevice(self._device))
             ctx = self._engine.create_execution_context()
             stream = _check(self._cudart.cudaStreamCreate())
             self._local.ctx, self._local.stream, self._local.buffers = ctx, stream, {}
@@ -157,11 +166,29 @@ class TensorRTBackend(Backend):
         if n > self._max_batch:  # the plan's profile caps the batch: split, never fail
             parts = [self.run(images[i:i + self._max_batch]) for i in range(0, n, self._max_batch)]
             return {k: np.concatenate([p[k] for p in parts]) for k in OUTPUT_NAMES}
+        if n < self._min_batch:  # and floors it: pad with blank frames, keep the first n answers
+            pad = np.zeros((self._min_batch - n, *images.shape[1:]), dtype=images.dtype)
+            out = self.run(np.concatenate([images, pad]))
+            return {k: v[:n] for k, v in out.items()}
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.path}: this TensorRT backend was closed")
+            self._in_flight += 1
+        try:
+            return self._run(images)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         cudart = self._cudart
         ctx = self._context()
         stream = self._local.stream
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        ctx.set_input_shape(INPUT_NAME, tuple(images.shape))
+        if not ctx.set_input_shape(INPUT_NAME, tuple(images.shape)):
+            raise ValueError(f"{self.path}: TensorRT refused input shape {tuple(images.shape)}: the plan's profile "
+                             f"takes batches of {self._min_batch} to {self._max_batch}")
         src = np.ascontiguousarray(images)
         ptr = self._buffer(INPUT_NAME, src.nbytes)
         _check(cudart.cudaMemcpyAsync(ptr, src.ctypes.data, src.nbytes, h2d, stream))
@@ -178,10 +205,18 @@ class TensorRTBackend(Backend):
         _check(cudart.cudaStreamSynchronize(stream))
         return outs
 
-    def close(self) -> None:
-        with self._lock:
+    def close(self, timeout: float = 30.0) -> None:
+        """Refuse new runs, wait (up to ``timeout`` s) for those in flight on any thread, then free
+        every thread's context, stream and buffers, and the engine."""
+        with self._idle:
+            self._closed = True
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise RuntimeError(f"{self.path}: {self._in_flight} TensorRT run(s) still in flight after "
+                                   f"{timeout:g} s; not freeing their buffers")
             for _, stream, bufs in self._contexts:
                 for ptr, _ in bufs.values():
                     self._cudart.cudaFree(ptr)
+                bufs.clear()
                 self._cudart.cudaStreamDestroy(stream)
-            self._contexts.clear()
+            self._contexts.clear()  # the contexts go with their last reference
+            self._engine = None
