@@ -70,16 +70,25 @@ def _export_int8(artifact: Path, t: Target, opts: dict[str, Any], data: ExportIn
 
 
 def _export_trt(artifact: Path, t: Target, opts: dict[str, Any], data: ExportInputs) -> Any:
-    from .onnx_export import ExportResult
-    from .tensorrt import export_plan
+    import time
+
+    from runtime.backends.trt import sidecar_path
+
+    from .onnx_export import ExportResult, Staging
+    from .tensorrt import export_plan, validate_plan
     src = str(opts["source"])
     if src not in TRT_SOURCES:
         raise ValueError(f"--source {src!r}: expected one of {', '.join(TRT_SOURCES)}")
+    t0 = time.perf_counter()
     cache = Path(opts["timing_cache"]) if opts["timing_cache"] else artifact / "timing.cache"
-    path = export_plan(artifact, artifact / TRT_SOURCES[src], min_batch=int(opts["min_batch"]),
-                       opt_batch=int(opts["opt_batch"]), max_batch=int(opts["max_batch"]),
-                       workspace_mib=int(opts["workspace_mib"]), timing_cache=cache)
-    return ExportResult(path, None, 0.0, {"source": TRT_SOURCES[src]})
+    with Staging(artifact) as stage:  # built and validated aside, renamed into place only if it passes
+        tmp = export_plan(artifact, artifact / TRT_SOURCES[src], min_batch=int(opts["min_batch"]),
+                          opt_batch=int(opts["opt_batch"]), max_batch=int(opts["max_batch"]),
+                          workspace_mib=int(opts["workspace_mib"]), timing_cache=cache, out=stage.path(t.filename))
+        report = validate_plan(tmp, artifact, data.test_images, data.test_labels) if len(data.test_images) else None
+        path = stage.commit(t.filename)
+        stage.commit(sidecar_path(tmp).name)
+    return ExportResult(path, report, time.perf_counter() - t0, {"source": TRT_SOURCES[src]})
 
 
 COMMON = ("opset", "validate_images")
@@ -90,8 +99,8 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
            "int8 static quantization (ONNX Runtime) of the second convolution; QDQ is what TensorRT consumes"),
     Target("onnx-fp16", _BY_NAME["onnx-fp16"], COMMON, _export_float,
            "fp16 network with fp32 preprocessing, gate and outputs, for GPU targets"),
-    Target("trt", _BY_NAME["tensorrt"], ("source", "min_batch", "opt_batch", "max_batch", "workspace_mib",
-                                         "timing_cache"), _export_trt,
+    Target("trt", _BY_NAME["tensorrt"], ("source", "validate_images", "min_batch", "opt_batch", "max_batch",
+                                         "workspace_mib", "timing_cache"), _export_trt,
            "TensorRT plan built from one of the ONNX files, plus its sidecar JSON"),
 )}
 

@@ -15,6 +15,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from runtime.backends.trt import compute_capability, sidecar_path
 from runtime.fileio import atomic_write_bytes, atomic_write_json, sha256_bytes, sha256_file
 from runtime.metadata import INPUT_NAME, METADATA_KEY
@@ -116,15 +118,15 @@ def onnx_metadata(path: Path) -> dict[str, Any]:
 
 
 def export_plan(artifact: Path, source: Path, *, min_batch: int, opt_batch: int, max_batch: int,
-                workspace_mib: int, timing_cache: Path | None) -> Path:
-    """Build ``model.engine`` from ``source`` and write it with ``model.engine.json``, atomically."""
+                workspace_mib: int, timing_cache: Path | None, out: Path | None = None) -> Path:
+    """Build ``model.engine`` (or ``out``) from ``source`` and write it with its sidecar, atomically."""
     if not source.is_file():
         raise FileNotFoundError(f"{source}: no such ONNX file: export it first (lenet-tool export --target "
                                 f"{'onnx' if source.name == 'model.onnx' else 'onnx-int8/onnx-fp16'})")
     meta = onnx_metadata(source)
     plan, build = build_plan(source, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                              workspace_mib=workspace_mib, timing_cache=timing_cache, precision=meta["precision"])
-    path = artifact / "model.engine"
+    path = out if out is not None else artifact / "model.engine"
     atomic_write_bytes(path, plan)
     atomic_write_json(sidecar_path(path), sidecar(meta, plan, build, source))
     return path
@@ -135,3 +137,27 @@ def describe(meta: dict[str, Any]) -> str:
     t = meta["tensorrt"]
     return (f"TensorRT {t['tensorrt_version']}, compute capability {t['compute_capability']}, {t['precision']}, "
             f"profile {json.dumps(t['profile'])}")
+
+
+def validate_plan(plan: Path, artifact: Path, images: np.ndarray, labels: np.ndarray | None) -> Any:
+    """Run a built plan through runtime's TensorRT backend beside the PyTorch graph, as every ONNX
+    file is; raise :class:`exporters.validate.ValidationError` on a mismatch (the tolerances of the
+    ONNX file it was built from)."""
+    from runtime.backends.trt import TensorRTBackend
+
+    from .graph import GatedModel
+    from .onnx_export import CHUNK, load_calibrated, torch_reference
+    from .validate import ValidationError, compare
+    ckpt, _, pipeline = load_calibrated(artifact)
+    graph = GatedModel(pipeline, ckpt["calibration"])
+    backend = TensorRTBackend(plan)
+    try:
+        parts = [backend.run(np.ascontiguousarray(images[i:i + CHUNK])) for i in range(0, len(images), CHUNK)]
+    finally:
+        backend.close()
+    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    report = compare(plan.name, backend.metadata["precision"], torch_reference(graph, images), got, graph.threshold,
+                     labels)
+    if not report.passed:
+        raise ValidationError(report)
+    return report

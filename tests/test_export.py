@@ -245,3 +245,61 @@ def test_compare_returns_a_report_pass_or_fail():
     bad = compare("m", "fp32", ref, {**ref, "label": ref["label"][:10]}, 0.5)
     assert not bad.passed and bad.failures == ["output 'label' has shape (10,), PyTorch's is (20,)"]
     assert np.isnan(bad.max_abs_logit_diff) and "FAIL" in bad.describe()
+
+
+class _PlanAsOnnx:
+    """Stands in for the TensorRT backend: runs the ONNX file the plan was built from."""
+
+    skew = 0.0
+
+    def __init__(self, plan):
+        from runtime.backends.ort import OnnxRuntimeBackend
+        self.metadata = {"precision": "fp32"}
+        self._ort = OnnxRuntimeBackend(plan.parent.parent / "model.onnx", providers=["CPUExecutionProvider"])
+
+    def run(self, images):
+        out = self._ort.run(images)
+        out["logits"] = out["logits"] + self.skew
+        return out
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def trt_stand_in(monkeypatch):
+    """TensorRT cannot be installed here: the build returns fixed bytes and the plan runs as its ONNX source."""
+    import exporters.tensorrt as et
+    import runtime.backends.trt as rt
+    monkeypatch.setattr(et, "build_plan", lambda *a, **k: (b"plan bytes", {
+        "tensorrt_version": "10.9.0", "compute_capability": "9.0", "profile": {"min": 1, "opt": 32, "max": 1024}}))
+    monkeypatch.setattr(rt, "TensorRTBackend", _PlanAsOnnx)
+    return _PlanAsOnnx
+
+
+def test_trt_export_validates_the_plan_and_keeps_it_only_if_it_passes(exported, tmp_path, mnist_test, trt_stand_in,
+                                                                      monkeypatch):
+    art = tmp_path / "art"
+    shutil.copytree(exported, art)
+    r = exporters.export(art, "trt", test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
+                         validate_images=300)
+    assert r.path == art / "model.engine" and (art / "model.engine.json").is_file() and r.seconds > 0
+    assert r.report.passed and r.report.n == 300 and r.report.name == "model.engine"
+    monkeypatch.setattr(trt_stand_in, "skew", 1e-3)  # a plan that drifts from PyTorch
+    (art / "model.engine").unlink()
+    (art / "model.engine.json").unlink()
+    from exporters.validate import ValidationError
+    with pytest.raises(ValidationError, match=r"model.engine \(fp32, 300 images\): FAIL"):
+        exporters.export(art, "trt", test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
+                         validate_images=300)
+    assert not (art / "model.engine").exists() and not (art / "model.engine.json").exists()
+    assert not [p for p in art.iterdir() if p.name.startswith(".export-")]
+
+
+def test_verify_is_incomplete_not_pass_when_it_cannot_check_a_file(exported, tmp_path, mnist_test, trt_stand_in):
+    art = tmp_path / "art"
+    shutil.copytree(exported, art)
+    exporters.export(art, "trt", test_images=mnist_test.images[:, None], test_labels=None, validate_images=0)
+    r = CliRunner().invoke(main, ["verify", str(art), "--field-images", "0"])
+    assert r.exit_code == 1
+    assert "verify: INCOMPLETE" in r.output and "not checked here: model.engine on tensorrt" in r.output

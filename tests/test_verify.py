@@ -73,6 +73,7 @@ def test_verify_every_runtime_prints_one_agreement_table(art):
     rows = {(p["file"].rsplit("/", 1)[-1], p["backend"]) for p in json.loads(r.output)["files"]}
     assert {("model.onnx", "onnxruntime"), ("model.onnx", "openvino")} <= rows
     text = CliRunner().invoke(main, ["verify", str(art), "--runtime", "all", "--field-images", "0"]).output
-    table = text[text.index("Every runtime against PyTorch"):].splitlines()
+    table = text[text.index("Every installed runtime against PyTorch"):].splitlines()
+    assert "not installed here: tensorrt" in table[0]
     ov_row = next(line for line in table if line.startswith("model.onnx") and "openvino" in line)
     assert ov_row.split()[2:7] == ["100.000%", "/", "100.000%", "100.000%", "/"]

@@ -325,7 +325,8 @@ def _trt_sources() -> list[str]:
                                                               for t in _targets().values()) + ".")
 @click.option("--opset", type=int, default=None, help="ONNX opset [onnx targets; default 17].")
 @click.option("--validate-images", type=int, default=None,
-              help="Test images the export is validated on against PyTorch [onnx targets; default 10000; 0 skips].")
+              help="Test images the export is validated on against PyTorch [onnx targets and trt; default 10000; "
+                   "0 skips].")
 @click.option("--calibration-images", type=int, default=None,
               help="Training images (a seeded sample, never held-out ones) that calibrate int8 quantization "
                    "[onnx-int8; default 5000].")

@@ -68,7 +68,8 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
         fmt = format_for_path(f)
         for name in _backends_for(fmt.name, backend):
             results.append(_check_file(f, fmt, name, sets, refs, graph.threshold, tolerances))
-    failed = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
+    # A file that could not be checked here (no TensorRT, say) is not a pass: verify says so and fails.
+    failed = bool(problems) or any("error" in r or "skipped" in r or any(not rep.passed for rep in r["reports"].values())
                                    for r in results)
     field_mild = None
     if field_images and not failed and (artifact / "model.onnx").is_file():
@@ -88,7 +89,9 @@ def _backends_for(fmt: str, backend: str) -> list[str]:
     from runtime.backends import BACKENDS
     if backend != "all":
         return [backend]
-    return [n for n, b in BACKENDS.items() if fmt in b.formats]
+    names = [n for n, b in BACKENDS.items() if fmt in b.formats]
+    installed = [n for n in names if BACKENDS[n].available()[0]]
+    return installed or names[:1]  # none installed: the default one, to be reported as not checked
 
 
 def _check_file(f: Path, fmt: Any, backend: str, sets: dict[str, Any], refs: dict[str, Any], threshold: float,
@@ -122,7 +125,10 @@ def _check_file(f: Path, fmt: Any, backend: str, sets: dict[str, Any], refs: dic
 
 def format_runtime_table(res: dict[str, Any]) -> str:
     """One agreement table: every file on every runtime against PyTorch (test / seed-protocol set)."""
-    lines = ["Every runtime against PyTorch (test / seed-protocol set):",
+    from runtime.backends import BACKENDS
+    missing = [n for n, b in BACKENDS.items() if not b.available()[0]]
+    lines = ["Every installed runtime against PyTorch (test / seed-protocol set)"
+             + (f"; not installed here: {', '.join(missing)}" if missing else "") + ":",
              f"{'file':<18} {'runtime':<12} {'labels agree':>19} {'accept decisions agree':>25} {'max |logit diff|':>20}"]
     for r in res["files"]:
         name = Path(r["file"]).name
@@ -159,8 +165,12 @@ def format_verify(res: dict[str, Any]) -> str:
                      f"{100 * m['selective_risk']:.3f}%")
     if res.get("all_runtimes"):
         lines.append(format_runtime_table(res))
-    lines.append(f"verify: {'PASS' if res['passed'] else 'FAIL'} ({res['seconds']:.1f} s, {res['n_test']} test images "
-                 "and their seed-protocol versions)")
+    skipped = [f"{Path(r['file']).name} on {r['backend']}" for r in res["files"] if "skipped" in r]
+    checked_fail = bool(res["manifest"]) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
+                                                 for r in res["files"])
+    verdict = "PASS" if res["passed"] else ("INCOMPLETE" if skipped and not checked_fail else "FAIL")
+    lines.append(f"verify: {verdict} ({res['seconds']:.1f} s, {res['n_test']} test images and their seed-protocol "
+                 "versions)" + (f"; not checked here: {', '.join(skipped)}" if skipped else ""))
     return "\n".join(lines)
 
 
