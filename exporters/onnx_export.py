@@ -82,7 +82,9 @@ def to_onnx(model: GatedModel, opset: int) -> Any:
 
 
 def attach_metadata(proto: Any, meta: dict[str, Any]) -> Any:
-    """Set the one ``lenet_tool`` metadata entry (JSON), replacing any earlier one."""
+    """Set the one ``lenet_tool`` metadata entry (JSON), replacing any earlier one; and state the
+    graph's shapes plainly for every runtime (see :func:`plain_shapes`)."""
+    plain_shapes(proto, len(meta["class_names"]))
     keep = [p for p in proto.metadata_props if p.key != METADATA_KEY]
     del proto.metadata_props[:]
     proto.metadata_props.extend(keep)
@@ -91,6 +93,19 @@ def attach_metadata(proto: Any, meta: dict[str, Any]) -> Any:
     entry.value = json.dumps(meta, sort_keys=True, allow_nan=False)
     proto.producer_name = "lenet-tool"
     return proto
+
+
+def plain_shapes(proto: Any, num_classes: int) -> None:
+    """``logits`` is ``[N, num_classes]``, not the symbolic ``ReduceMeanlogits_dim_1`` the exporter
+    leaves after the views' mean; and intermediate ``value_info`` hints (the quantizer's shape
+    inference leaves dozens with dims like ``unk__0``) are dropped: runtimes infer them, and tract
+    refused the int8 file on them."""
+    del proto.graph.value_info[:]
+    for out in proto.graph.output:
+        if out.name == "logits":
+            dim = out.type.tensor_type.shape.dim[1]
+            dim.Clear()
+            dim.dim_value = num_classes
 
 
 def run_onnx(path: Path, images: np.ndarray, threads: int | None = None) -> dict[str, np.ndarray]:

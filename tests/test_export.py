@@ -303,3 +303,12 @@ def test_verify_is_incomplete_not_pass_when_it_cannot_check_a_file(exported, tmp
     r = CliRunner().invoke(main, ["verify", str(art), "--field-images", "0"])
     assert r.exit_code == 1
     assert "verify: INCOMPLETE" in r.output and "not checked here: model.engine on tensorrt" in r.output
+
+
+def test_every_file_states_its_shapes_plainly(exported):
+    """logits is [N, 10] in every file, and no intermediate shape hint is left with unknown dims."""
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx"):
+        proto = onnx.load(str(exported / name))
+        dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
+        assert dims == {"logits": ["N", 10], "confidence": ["N"], "label": ["N"], "accepted": ["N"]}, name
+        assert len(proto.graph.value_info) == 0, name
