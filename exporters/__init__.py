@@ -46,5 +46,8 @@ def export(artifact: Path, target: str, *, test_images: np.ndarray, test_labels:
     data = ExportInputs(test_images[:n] if n else test_images[:0],
                         test_labels[:n] if test_labels is not None and n else None, calib_images)
     result = t.exporter(artifact, t, opts, data)
+    if result.path.suffix == ".onnx":  # what TensorRT's parser would say of it, known before any GPU sees it
+        from .trt_rules import check_trt_rules
+        result.details["trt_rules"] = [str(v) for v in check_trt_rules(result.path)]
     write_manifest(artifact)
     return result

@@ -371,19 +371,37 @@ def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, tes
             click.echo(f"{t}: wrote {r.path} in {r.seconds:.2f} s")
             if r.report:
                 click.echo(r.report.describe())
+            if "trt_rules" in r.details:  # reported, not enforced: the file may be meant for another runtime
+                broken = r.details["trt_rules"]
+                click.echo("  TensorRT parser rules: none broken" if not broken else
+                           f"  TensorRT parser rules broken ({len(broken)}): " + "; ".join(broken))
     if as_json:
         click.echo(json.dumps(results, indent=2))
 
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--check", type=click.Choice(["trt"]), default=None,
+              help="Also hold an ONNX file against a runtime's documented rules: 'trt', the onnx-tensorrt parser's "
+                   "(no TensorRT needed); exit 1 when one is broken.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @handle_errors
-def info(path: Path, as_json: bool) -> None:
+def info(path: Path, check: str | None, as_json: bool) -> None:
     """Describe a checkpoint, an ONNX file, a TensorRT plan, or every model in an artifact folder."""
     from .info import describe_path
     obj, text = describe_path(path)
+    broken: list[str] = []
+    if check == "trt":
+        from exporters.trt_rules import check_trt_rules
+        if path.suffix != ".onnx":
+            raise click.BadParameter(f"{path}: --check trt reads an ONNX file", param_hint="--check")
+        broken = [str(v) for v in check_trt_rules(path)]
+        obj = {**obj, "trt_rules": broken}
+        text += ("\nTensorRT parser rules: none broken" if not broken else
+                 f"\n{path.name} violates the TensorRT parser's rules ({len(broken)}):\n  " + "\n  ".join(broken))
     _emit(as_json, obj, text)
+    if broken:
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------- verify, bench, predict
