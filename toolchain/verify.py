@@ -100,7 +100,8 @@ def _check_file(f: Path, fmt: Any, backend: str, sets: dict[str, Any], refs: dic
     from exporters.onnx_export import CHUNK
     from exporters.validate import TOLERANCES, compare
     from runtime import BackendUnavailable, Classifier
-    entry: dict[str, Any] = {"file": str(f), "precision": fmt.precision, "reports": {}, "backend": backend}
+    entry: dict[str, Any] = {"file": str(f), "precision": fmt.precision, "reports": {},
+                             "backend": fmt.backend if backend == "auto" else backend}
     try:
         clf = Classifier(f, backend=backend)
     except BackendUnavailable as e:
