@@ -97,3 +97,6 @@ def test_openvino_options(files):
         Classifier(files / "model.onnx", backend="openvino", device="NPU")
     clf = Classifier(files / "model.onnx", backend="openvino", precision="bf16", threads=1)
     assert clf.providers == ["OpenVINO CPU (bf16)"] and clf.predict(np.zeros((3, 28, 28), np.uint8)).labels.shape == (3,)
+    clf.close()
+    with pytest.raises(RuntimeError, match="this OpenVINO backend was closed"):
+        clf.predict(np.zeros((3, 28, 28), np.uint8))

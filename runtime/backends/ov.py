@@ -76,6 +76,8 @@ class OpenVINOBackend(Backend):
         return [f"OpenVINO {self.device} ({self.precision})"]
 
     def _request(self) -> Any:
+        if self.compiled is None:
+            raise RuntimeError(f"{self.path}: this OpenVINO backend was closed")
         req = getattr(self._local, "request", None)
         if req is None:
             req = self.compiled.create_infer_request()
