@@ -80,3 +80,17 @@ def onnx_artifact(artifact, tmp_path_factory, mnist_test):
     shutil.copytree(artifact, out)
     exporters.export(out, "onnx", test_images=mnist_test.images[:1000, None], test_labels=mnist_test.labels[:1000])
     return out
+
+
+@pytest.fixture(scope="session")
+def all_onnx_files(onnx_artifact, tmp_path_factory, small_split, mnist_test):
+    """The session artifact with its fp32, fp16 and int8 files (int8 calibrated on 500 training images)."""
+    import shutil
+
+    import exporters
+    out = tmp_path_factory.mktemp("all-onnx") / "art"
+    shutil.copytree(onnx_artifact, out)
+    for target, extra in (("onnx-fp16", {}), ("onnx-int8", {"calibration_images": 500})):
+        exporters.export(out, target, test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
+                         calib_images=small_split[0].images[:1000, None], validate_images=0, **extra)
+    return out

@@ -15,17 +15,8 @@ ov = pytest.importorskip("openvino", reason="OpenVINO is not installed (pip inst
 
 
 @pytest.fixture(scope="module")
-def files(onnx_artifact, tmp_path_factory, small_split, mnist_test):
-    """The session artifact with its fp32, fp16 and int8 files."""
-    import shutil
-
-    import exporters
-    out = tmp_path_factory.mktemp("ov") / "art"
-    shutil.copytree(onnx_artifact, out)
-    for target, extra in (("onnx-fp16", {}), ("onnx-int8", {"calibration_images": 500})):
-        exporters.export(out, target, test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
-                         calib_images=small_split[0].images[:1000, None], validate_images=0, **extra)
-    return out
+def files(all_onnx_files):
+    return all_onnx_files
 
 
 @pytest.mark.parametrize("name, min_agree", [("model.onnx", 1.0), ("model.fp16.onnx", 0.999),

@@ -83,13 +83,5 @@ def test_each_rule_on_a_graph_that_breaks_it():
 
 
 @pytest.fixture(scope="module")
-def exported_for_rules(onnx_artifact, tmp_path_factory, small_split, mnist_test):
-    import shutil
-
-    import exporters
-    out = tmp_path_factory.mktemp("rules") / "art"
-    shutil.copytree(onnx_artifact, out)
-    for target, extra in (("onnx-fp16", {}), ("onnx-int8", {"calibration_images": 300})):
-        exporters.export(out, target, test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
-                         calib_images=small_split[0].images[:1000, None], validate_images=0, **extra)
-    return out
+def exported_for_rules(all_onnx_files):
+    return all_onnx_files
