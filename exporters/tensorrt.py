@@ -146,16 +146,15 @@ def validate_plan(plan: Path, artifact: Path, images: np.ndarray, labels: np.nda
     from runtime.backends.trt import TensorRTBackend
 
     from .graph import GatedModel
-    from .onnx_export import CHUNK, load_calibrated, torch_reference
+    from .onnx_export import load_calibrated, run_in_chunks, torch_reference
     from .validate import ValidationError, compare
     ckpt, _, pipeline = load_calibrated(artifact)
     graph = GatedModel(pipeline, ckpt["calibration"])
     backend = TensorRTBackend(plan)
     try:
-        parts = [backend.run(np.ascontiguousarray(images[i:i + CHUNK])) for i in range(0, len(images), CHUNK)]
+        got = run_in_chunks(backend, images)
     finally:
         backend.close()
-    got = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     report = compare(plan.name, backend.metadata["precision"], torch_reference(graph, images), got, graph.threshold,
                      labels)
     if not report.passed:

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain.cli import main
-from toolchain.data import DataError, Dataset, load_recorded, parse_class_names, read_csv, to_csv_bytes
+from toolchain.data import DataError, Dataset, fingerprint, load_recorded, parse_class_names, read_csv, to_csv_bytes
 
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -117,11 +117,12 @@ def test_idx_folders_are_recorded_and_checked(tmp_path, mnist_train, mnist_test)
     _write_idx(tmp_path, "test", mnist_test.images[:200], mnist_test.labels[:200])
     ds = load_idx_folder(tmp_path, "test")
     assert ds.origin["kind"] == "idx" and ds.origin["path"] == str(tmp_path.resolve())
-    again = load_recorded(ds.origin, "test", what="x")
+    recorded = fingerprint(ds.origin)  # what train writes into the checkpoint
+    again = load_recorded(recorded, "test", what="x")
     assert np.array_equal(again.images, ds.images)
     _write_idx(tmp_path, "test", mnist_test.images[:200], (mnist_test.labels[:200] + 1) % 10)
     with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte.gz changed since x recorded it .*\(--idx-dir\)"):
-        load_recorded(ds.origin, "test", what="x")
+        load_recorded(recorded, "test", what="x")
     assert load_recorded(None, "test", what="x").source == "embedded MNIST (test)"  # older checkpoints
 
 

@@ -45,8 +45,9 @@ class Dataset:
     images: np.ndarray  # uint8 (N, 28, 28)
     labels: np.ndarray  # int64 (N,)
     source: str
-    #: Where the split was read from, so it can be read again and checked: ``kind`` (csv, idx,
-    #: embedded), ``path`` (absolute) and ``files`` ({file name: SHA-256 of its bytes}).
+    #: Where the split was read from, so it can be read again: ``kind`` (csv, idx, embedded),
+    #: ``path`` (absolute) and ``files`` (the names read). :func:`fingerprint` adds each file's
+    #: SHA-256 where the origin is recorded; reading never hashes (it would add a third to a CSV's).
     origin: dict[str, Any] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
@@ -152,8 +153,7 @@ def load_idx_folder(folder: str | Path, split: str, *, num_classes: int = NUM_CL
     images = read_idx(img_path, sums.get(img_stem))
     labels = read_idx(lbl_path, sums.get(lbl_stem))
     ds = _pair(images, labels, img_path, lbl_path, num_classes)
-    origin = {"kind": "idx", "path": str(folder.resolve()), "split": split,
-              "files": {p.name: sha256_file(p) for p in (img_path, lbl_path)}}
+    origin = {"kind": "idx", "path": str(folder.resolve()), "split": split, "files": [img_path.name, lbl_path.name]}
     return Dataset(ds.images, ds.labels, source=ds.source, origin=origin)
 
 
@@ -268,7 +268,7 @@ def read_csv(path: str | Path, *, num_classes: int = NUM_CLASSES) -> Dataset:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     raw = path.read_bytes()
-    origin = {"kind": "csv", "path": str(path.resolve()), "files": {path.name: hashlib.sha256(raw).hexdigest()}}
+    origin = {"kind": "csv", "path": str(path.resolve()), "files": [path.name]}
     ncols = NUM_PIXELS + 1
     if not raw or raw.isspace():
         raise DataError(f"{path}: empty file: expected rows of 'label,p0,...,p783'")
@@ -381,8 +381,22 @@ def load_dataset(*, csv: str | Path | None = None, idx_dir: str | Path | None = 
     return embedded_mnist(split)
 
 
+def _origin_paths(origin: dict[str, Any]) -> list[Path]:
+    path = Path(str(origin.get("path")))
+    return [path] if origin.get("kind") == "csv" else [path / name for name in origin.get("files") or []]
+
+
+def fingerprint(origin: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``origin`` with ``files`` as {file name: SHA-256 of its bytes} (a missing file: ``missing``),
+    what a checkpoint records so the data can be checked when read again."""
+    if not origin or origin.get("kind") not in ("csv", "idx"):
+        return origin
+    return {**origin, "files": {p.name: sha256_file(p) if p.is_file() else "missing" for p in _origin_paths(origin)}}
+
+
 def load_recorded(origin: dict[str, Any] | None, split: str, *, what: str) -> Dataset:
-    """Read a split again from where ``origin`` (a :attr:`Dataset.origin`) says it came from.
+    """Read a split again from where ``origin`` (a :func:`fingerprint`-ed :attr:`Dataset.origin`)
+    says it came from, after checking that every file still has the recorded SHA-256.
 
     ``what`` names whose record it is (the checkpoint) in messages. With no record (an older
     checkpoint) the embedded MNIST is read, as before.
@@ -399,15 +413,15 @@ def load_recorded(origin: dict[str, Any] | None, split: str, *, what: str) -> Da
     if not path.exists():
         raise DataError(f"{what}: its {split} data was read from {path}, which is no longer there: pass the data "
                         f"with {option}")
-    ds = read_csv(path) if kind == "csv" else load_idx_folder(path, str(origin.get("split", split)))
-    recorded, now = origin.get("files") or {}, (ds.origin or {}).get("files") or {}
+    recorded = origin.get("files") or {}
+    now = (fingerprint(origin) or {}).get("files") or {}
     changed = sorted(name for name in set(recorded) | set(now) if recorded.get(name) != now.get(name))
-    if changed:
+    if changed:  # refused before a byte is parsed
         name = changed[0]
         raise DataError(f"{path}: {name} changed since {what} recorded it (SHA-256 now "
                         f"{str(now.get(name))[:16]}..., recorded {str(recorded.get(name))[:16]}...): pass the data "
                         f"it was made with ({option}), or train again")
-    return ds
+    return read_csv(path) if kind == "csv" else load_idx_folder(path, str(origin.get("split", split)))
 
 
 MAX_NAME_CHARS = 64

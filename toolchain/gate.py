@@ -10,7 +10,7 @@ inside the exported ONNX graph.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -88,9 +88,6 @@ class GateConfig:
             raise GateError(f"novelty ceiling {self.novelty_ceiling}: expected a percentile in (0, 100]")
         if not 0.0 < self.score_fit_fraction < 1.0:
             raise GateError(f"score-fit fraction {self.score_fit_fraction}: expected a value in (0, 1)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def with_(self, **changes: Any) -> GateConfig:
         """A copy with ``changes`` (validated again)."""

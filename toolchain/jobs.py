@@ -17,9 +17,9 @@ from runtime.fileio import ArtifactError, atomic_write_json, load_json_file
 
 from . import gate, ood, report
 from .checkpoint import build_pipeline, load_checkpoint, save_checkpoint
-from .data import DataError, Dataset, load_dataset, load_idx_folder, load_recorded, read_csv, read_idx
+from .data import DataError, Dataset, fingerprint, load_dataset, load_idx_folder, load_recorded, read_csv, read_idx
 from .evaluate import evaluate_test
-from .manifest import library_versions, write_manifest  # noqa: F401  (write_manifest is re-exported)
+from .manifest import write_manifest
 from .model import Novelty, fit_novelty
 from .train import TrainConfig, TrainResult, fit, predict_logits, predict_novelty
 
@@ -44,10 +44,14 @@ def recorded_data(artifact: Path) -> dict[str, Any] | None:
 
 
 def load_splits(train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None,
-                need_train: bool = True, artifact: Path | None = None) -> tuple[Any, Any]:
+                need_train: bool = True, artifact: Path | None = None,
+                ckpt: dict[str, Any] | None = None) -> tuple[Any, Any]:
     """The splits the options name; a split no option names is read again from where ARTIFACT's
-    checkpoint recorded it (checked by SHA-256), else the embedded MNIST."""
-    recorded = recorded_data(artifact) if artifact is not None and not idx_dir else None
+    checkpoint (``ckpt``, when the caller has it loaded already) recorded it, checked by SHA-256,
+    else the embedded MNIST."""
+    recorded = None
+    if artifact is not None and not idx_dir:
+        recorded = ckpt.get("data") if ckpt is not None else recorded_data(artifact)
     what = f"the checkpoint in {artifact}"
 
     def one(csv: Path | None, split: str) -> Any:
@@ -283,7 +287,8 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
     add_novelty(ckpt, result.model, train_ds, cfg.seed)
     # Where the data came from, so calibrate, export, verify and field read it again by default
     # (and refuse it if the files changed).
-    ckpt["data"] = {"train": train_ds.origin, "test": test_ds.origin}
+    origins = {"train": fingerprint(train_ds.origin), "test": fingerprint(test_ds.origin)}
+    ckpt["data"] = origins
     save_checkpoint(out_dir / "checkpoint.pt", ckpt)
     test_eval = evaluate_test(result.model, test_ds)
     metrics: dict[str, Any] = {
@@ -294,7 +299,7 @@ def train(cfg: TrainConfig, out_dir: Path, train_ds: Dataset, test_ds: Dataset, 
                   "best_epoch": ckpt["epoch"], "best_val_loss": ckpt["val_loss"], "config": cfg.to_dict(),
                   "environment": result.environment, "history": result.history},
         "data": {"train": train_ds.source, "train_sha256": train_ds.sha256, "test": test_ds.source,
-                 "test_sha256": test_ds.sha256, "train_origin": train_ds.origin, "test_origin": test_ds.origin},
+                 "test_sha256": test_ds.sha256, "train_origin": origins["train"], "test_origin": origins["test"]},
     }
     atomic_write_json(out_dir / "metrics.json", metrics)
     rdir = out_dir / "report"
@@ -320,9 +325,9 @@ def recalibrate(artifact: Path, gate_cfg: gate.GateConfig, *, train_csv: Path | 
         holdout = load_dataset(csv=holdout_csv, idx_dir=holdout_idx, split="train")
         split_info: dict[str, Any] = {"split": "user", "dataset_sha256": holdout.sha256}
         rows = None
-        test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact)[1]
+        test = load_splits(None, test_csv, idx_dir, need_train=False, artifact=artifact, ckpt=ckpt)[1]
     else:
-        train_ds, test = load_splits(train_csv, test_csv, idx_dir, artifact=artifact)
+        train_ds, test = load_splits(train_csv, test_csv, idx_dir, artifact=artifact, ckpt=ckpt)
         holdout = holdout_from_checkpoint(ckpt, train_ds, str(ckpt_path))
         split_info = {"dataset_sha256": ckpt["split"]["dataset_sha256"]}
         rows = ckpt["split"]["holdout_indices"]

@@ -63,14 +63,17 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
     sets = {"test": (test.images[:, None], test.labels), "seed_protocol": (seed_protocol_images(test.images),
                                                                            test.labels)}
     refs = {name: torch_reference(graph, imgs) for name, (imgs, _) in sets.items()}
+    installed = _installed_backends() if backend == "all" else None
     results = []
     for f in files:
         fmt = format_for_path(f)
-        for name in _backends_for(fmt.name, backend):
+        for name in _backends_for(fmt.name, backend, installed):
             results.append(_check_file(f, fmt, name, sets, refs, graph.threshold, tolerances))
+    checked_fail = bool(problems) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
+                                         for r in results)
+    not_checked = [f"{Path(r['file']).name} on {r['backend']}" for r in results if "skipped" in r]
     # A file that could not be checked here (no TensorRT, say) is not a pass: verify says so and fails.
-    failed = bool(problems) or any("error" in r or "skipped" in r or any(not rep.passed for rep in r["reports"].values())
-                                   for r in results)
+    failed = checked_fail or bool(not_checked)
     field_mild = None
     if field_images and not failed and (artifact / "model.onnx").is_file():
         # The device's path on camera crops: reported beside the checks, not a pass/fail of its own
@@ -78,20 +81,27 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
         from .fieldbench import run_field
         field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0,
                                backend="auto" if backend == "all" else backend)
-    return {"passed": not failed, "manifest": problems, "files": results, "seconds": time.perf_counter() - t0,
-            "n_test": len(test), "field_mild": field_mild, "all_runtimes": backend == "all"}
+    return {"passed": not failed, "verdict": "FAIL" if checked_fail else ("INCOMPLETE" if failed else "PASS"),
+            "not_checked": not_checked, "manifest": problems, "files": results,
+            "seconds": time.perf_counter() - t0, "n_test": len(test), "field_mild": field_mild,
+            "runtimes_missing": None if installed is None else [n for n, ok in installed.items() if not ok]}
 
 
-def _backends_for(fmt: str, backend: str) -> list[str]:
+def _installed_backends() -> dict[str, bool]:
+    """{backend: usable here}, asked once a run (OpenVINO's answer opens a Core)."""
+    from runtime.backends import BACKENDS
+    return {n: b.available()[0] for n, b in BACKENDS.items()}
+
+
+def _backends_for(fmt: str, backend: str, installed: dict[str, bool] | None) -> list[str]:
     """The backends to run a file of format ``fmt`` on: the one asked ("auto": the file's
-    default), or with "all" every backend that loads the format (unavailable ones are reported
-    as skipped)."""
+    default), or with "all" every installed backend that loads the format (none installed: the
+    first, to be reported as not checked)."""
     from runtime.backends import BACKENDS
     if backend != "all":
         return [backend]
     names = [n for n, b in BACKENDS.items() if fmt in b.formats]
-    installed = [n for n in names if BACKENDS[n].available()[0]]
-    return installed or names[:1]  # none installed: the default one, to be reported as not checked
+    return [n for n in names if (installed or {}).get(n)] or names[:1]
 
 
 def _check_file(f: Path, fmt: Any, backend: str, sets: dict[str, Any], refs: dict[str, Any], threshold: float,
@@ -126,8 +136,7 @@ def _check_file(f: Path, fmt: Any, backend: str, sets: dict[str, Any], refs: dic
 
 def format_runtime_table(res: dict[str, Any]) -> str:
     """One agreement table: every file on every runtime against PyTorch (test / seed-protocol set)."""
-    from runtime.backends import BACKENDS
-    missing = [n for n, b in BACKENDS.items() if not b.available()[0]]
+    missing = res["runtimes_missing"]
     lines = ["Every installed runtime against PyTorch (test / seed-protocol set)"
              + (f"; not installed here: {', '.join(missing)}" if missing else "") + ":",
              f"{'file':<18} {'runtime':<12} {'labels agree':>19} {'accept decisions agree':>25} {'max |logit diff|':>20}"]
@@ -164,14 +173,11 @@ def format_verify(res: dict[str, Any]) -> str:
         lines.append(f"field, mild camera crops ({fm['n']} test digits, runtime.preprocess + {fm['model']}): "
                      f"accuracy {100 * m['accuracy']:.2f}%, coverage {100 * m['coverage']:.2f}%, selective risk "
                      f"{100 * m['selective_risk']:.3f}%")
-    if res.get("all_runtimes"):
+    if res["runtimes_missing"] is not None:  # --runtime all
         lines.append(format_runtime_table(res))
-    skipped = [f"{Path(r['file']).name} on {r['backend']}" for r in res["files"] if "skipped" in r]
-    checked_fail = bool(res["manifest"]) or any("error" in r or any(not rep.passed for rep in r["reports"].values())
-                                                 for r in res["files"])
-    verdict = "PASS" if res["passed"] else ("INCOMPLETE" if skipped and not checked_fail else "FAIL")
-    lines.append(f"verify: {verdict} ({res['seconds']:.1f} s, {res['n_test']} test images and their seed-protocol "
-                 "versions)" + (f"; not checked here: {', '.join(skipped)}" if skipped else ""))
+    skipped = res["not_checked"]
+    lines.append(f"verify: {res['verdict']} ({res['seconds']:.1f} s, {res['n_test']} test images and their "
+                 "seed-protocol versions)" + (f"; not checked here: {', '.join(skipped)}" if skipped else ""))
     return "\n".join(lines)
 
 
