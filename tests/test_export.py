@@ -312,3 +312,27 @@ def test_every_file_states_its_shapes_plainly(exported):
         dims = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in proto.graph.output}
         assert dims == {"logits": ["N", 10], "confidence": ["N"], "label": ["N"], "accepted": ["N"]}, name
         assert len(proto.graph.value_info) == 0, name
+
+
+def test_int8_judges_labels_on_accepted_frames_and_decisions_away_from_the_threshold():
+    """int8 rounding may flip a label the gate refuses anyway, or a decision at the threshold; not others."""
+    from exporters.validate import compare
+    rng = np.random.default_rng(1)
+    n = 1000
+    logits = rng.normal(size=(n, 10)).astype(np.float32)
+    conf = np.linspace(0.5, 1.0, n).astype(np.float32)
+    ref = {"logits": logits, "confidence": conf, "label": logits.argmax(1), "accepted": conf >= 0.8}
+    flipped = ref["label"].copy()
+    flipped[:10] = (flipped[:10] + 1) % 10  # 1% of labels, all on refused frames (confidence 0.5)
+    near = conf.copy()
+    near[np.abs(conf - 0.8) < 0.01] -= 0.02  # decisions within 0.05 of the threshold flip
+    got = {**ref, "label": flipped, "confidence": near, "accepted": near >= 0.8}
+    rep = compare("m", "int8", ref, got, 0.8)
+    assert rep.passed, rep.failures
+    assert rep.label_agreement == 0.99 and rep.accepted_label_agreement == 1.0 and rep.accept_agreement < 0.995
+    flipped[-10:] = (flipped[-10:] + 1) % 10  # now 1% of accepted frames too
+    far = near.copy()
+    far[300:320] = 0.9  # and decisions far from the threshold
+    bad = compare("m", "int8", ref, {**got, "label": flipped, "confidence": far, "accepted": far >= 0.8}, 0.8)
+    assert any("labels agree on" in f and "of the frames both accept" in f for f in bad.failures)
+    assert any("more than 0.05 from the threshold" in f for f in bad.failures)
