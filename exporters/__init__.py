@@ -1,4 +1,5 @@
-"""Checkpoint -> ONNX (fp32, int8 QDQ, fp16) -> TensorRT plan, driven by one target table."""
+"""Checkpoint -> ONNX (fp32, int8 QDQ, fp16) -> TensorRT plan -> Triton model repository, driven by one
+target table."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ def export(artifact: Path, target: str, *, test_images: np.ndarray, test_labels:
     data = ExportInputs(test_images[:n] if n else test_images[:0],
                         test_labels[:n] if test_labels is not None and n else None, calib_images)
     result = t.exporter(artifact, t, opts, data)
-    if result.path.suffix == ".onnx":  # what TensorRT's parser would say of it, known before any GPU sees it
+    # What TensorRT's parser would say of an ONNX file, known before any GPU sees it.
+    if result.path.is_file() and result.path.suffix == ".onnx":
         from .trt_rules import check_trt_rules
         result.details["trt_rules"] = [str(v) for v in check_trt_rules(result.path)]
     write_manifest(artifact)

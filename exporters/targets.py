@@ -34,18 +34,20 @@ class Target:
     """One thing ``lenet-tool export --target`` can make."""
 
     name: str
-    format: FileFormat
+    format: FileFormat | None  # None: the target writes a folder, not a file the runtime loads
     options: tuple[str, ...]  # export options this target takes
     exporter: Exporter
     description: str  # shown in ``lenet-tool export --help``
+    defaults: tuple[tuple[str, Any], ...] = ()  # this target's own defaults, over DEFAULTS
+    folder: str = ""  # what a folder target writes, relative to the artifact
 
     @property
     def filename(self) -> str:
-        return self.format.filename
+        return self.format.filename if self.format else self.folder
 
     @property
     def precision(self) -> str:
-        return self.format.precision
+        return self.format.precision if self.format else "from-source"
 
 
 # The exporters import torch and onnx only when they run, so the table stays cheap to import.
@@ -91,6 +93,23 @@ def _export_trt(artifact: Path, t: Target, opts: dict[str, Any], data: ExportInp
     return ExportResult(path, report, time.perf_counter() - t0, {"source": TRT_SOURCES[src]})
 
 
+def _export_triton(artifact: Path, t: Target, opts: dict[str, Any], data: ExportInputs) -> Any:
+    import time
+
+    from .onnx_export import ExportResult
+    from .triton import export_repository
+    src = str(opts["source"])
+    if src not in TRITON_SOURCES:
+        raise ValueError(f"--source {src!r}: expected one of {', '.join(TRITON_SOURCES)}")
+    t0 = time.perf_counter()
+    folder, summary = export_repository(
+        artifact, artifact / TRITON_SOURCES[src], name=str(opts["model_name"]),
+        max_batch=None if opts["max_batch"] is None else int(opts["max_batch"]),
+        preferred_batch=int(opts["preferred_batch"]), queue_delay_us=int(opts["queue_delay_us"]),
+        instances=int(opts["instances"]))
+    return ExportResult(folder, None, time.perf_counter() - t0, {"source": TRITON_SOURCES[src], "triton": summary})
+
+
 COMMON = ("opset", "validate_images")
 TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("onnx", _BY_NAME["onnx"], COMMON, _export_float,
@@ -102,15 +121,22 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("trt", _BY_NAME["tensorrt"], ("source", "validate_images", "min_batch", "opt_batch", "max_batch",
                                          "workspace_mib", "timing_cache"), _export_trt,
            "TensorRT plan built from one of the ONNX files, plus its sidecar JSON"),
+    Target("triton", None, ("source", "model_name", "max_batch", "preferred_batch", "queue_delay_us", "instances"),
+           _export_triton, "Triton Inference Server model repository ARTIFACT/triton/NAME (config.pbtxt checked "
+           "as Triton's ModelConfig against the model file) from model.onnx or --source int8|fp16|trt",
+           defaults=(("max_batch", None),), folder="triton"),
 )}
 
 #: ``--source`` of the trt target: each ONNX target's file, by its short name (onnx, int8, fp16).
 TRT_SOURCES: dict[str, str] = {t.name.removeprefix("onnx-"): t.filename for t in TARGETS.values()
                                if t.filename.endswith(".onnx")}
+#: ``--source`` of the triton target: the ONNX files, or the TensorRT plan (served as model.plan).
+TRITON_SOURCES: dict[str, str] = {**TRT_SOURCES, "trt": TARGETS["trt"].filename}
 
 DEFAULTS = {"opset": 17, "validate_images": 10000, "calibration_images": 5000, "int8_format": "qdq",
             "source": "onnx", "min_batch": 1, "opt_batch": 32, "max_batch": 1024, "workspace_mib": 256,
-            "timing_cache": None}
+            "timing_cache": None, "model_name": "lenet", "preferred_batch": 64, "queue_delay_us": 100,
+            "instances": 1}
 
 
 def check_options(target: str, given: dict[str, object]) -> dict[str, object]:
@@ -127,4 +153,5 @@ def check_options(target: str, given: dict[str, object]) -> dict[str, object]:
         flags = ", ".join("--" + k.replace("_", "-") for k in bad)
         takes = ", ".join("--" + k.replace("_", "-") for k in t.options)
         raise ValueError(f"target {target!r} does not take {flags}: it takes {takes}")
-    return {k: (given.get(k) if given.get(k) is not None else DEFAULTS[k]) for k in t.options}
+    defaults = {**DEFAULTS, **dict(t.defaults)}
+    return {k: (given.get(k) if given.get(k) is not None else defaults[k]) for k in t.options}

@@ -13,7 +13,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # torch first and on its own: where a local wheel of 2.14.1 is provided (pip's constraint file),
   # this takes it from disk; elsewhere any torch >= 2.4 does.
   .venv/bin/python -m pip install --quiet "torch>=2.4" "torchvision>=0.19"
-  # OpenVINO too: the tests run its backend against ONNX Runtime (a 60 MB wheel from the index).
-  .venv/bin/python -m pip install --quiet -e ".[dev,openvino]"
+  # OpenVINO too: the tests run its backend against ONNX Runtime (a 60 MB wheel from the index);
+  # and the serving extra: the tests start a real Triton Inference Server (nvidia-pytriton, 55 MB).
+  .venv/bin/python -m pip install --quiet -e ".[dev,openvino,serve]"
   touch "$stamp"
 fi

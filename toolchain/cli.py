@@ -313,9 +313,9 @@ def _targets() -> dict[str, Any]:
     return TARGETS
 
 
-def _trt_sources() -> list[str]:
-    from exporters.targets import TRT_SOURCES
-    return list(TRT_SOURCES)
+def _sources() -> list[str]:
+    from exporters.targets import TRITON_SOURCES
+    return list(TRITON_SOURCES)
 
 
 @main.command()
@@ -332,11 +332,20 @@ def _trt_sources() -> list[str]:
                    "[onnx-int8; default 5000].")
 @click.option("--int8-format", type=click.Choice(["qdq", "qoperator"]), default=None,
               help="QDQ (TensorRT and ONNX Runtime) or QOperator (ONNX Runtime CPU) [onnx-int8; default qdq].")
-@click.option("--source", type=click.Choice(_trt_sources()), default=None,
-              help="Which ONNX file the plan is built from [trt; default onnx].")
+@click.option("--source", type=click.Choice(_sources()), default=None,
+              help="Which exported file: the ONNX file a plan is built from [trt: onnx, int8 or fp16; default onnx], "
+                   "or the file a Triton repository serves [triton: also trt, the plan; default onnx].")
 @click.option("--min-batch", type=int, default=None, help="Plan profile minimum batch [trt; default 1].")
 @click.option("--opt-batch", type=int, default=None, help="Plan profile optimal batch [trt; default 32].")
-@click.option("--max-batch", type=int, default=None, help="Plan profile maximum batch [trt; default 1024].")
+@click.option("--max-batch", type=int, default=None,
+              help="Plan profile maximum batch [trt; default 1024]; Triton's max_batch_size [triton; default 1024, "
+                   "or a plan's profile maximum if lower].")
+@click.option("--model-name", default=None, help="Model name in the Triton repository [triton; default lenet].")
+@click.option("--preferred-batch", type=int, default=None,
+              help="Dynamic batching's preferred batch size [triton; default 64].")
+@click.option("--queue-delay-us", type=int, default=None,
+              help="Dynamic batching's longest wait for a fuller batch, microseconds [triton; default 100].")
+@click.option("--instances", type=int, default=None, help="Model instances (instance_group count) [triton; default 1].")
 @click.option("--workspace-mib", type=int, default=None, help="Builder workspace limit in MiB [trt; default 256].")
 @click.option("--timing-cache", type=click.Path(path_type=Path), default=None,
               help="Timing cache file, read and updated [trt; default ARTIFACT/timing.cache].")
@@ -349,21 +358,27 @@ def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, tes
     import exporters
     from exporters.targets import check_options
     from exporters.tensorrt import TensorRTUnavailable
+    from exporters.triton import TritonUnavailable, describe_summary
     from exporters.validate import ValidationError
 
     for t in targets:  # every option problem before any work
         check_options(t, options)
     need_train = "onnx-int8" in targets
-    train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir, need_train=need_train, artifact=artifact)
+    if set(targets) == {"triton"}:  # a repository copies an exported file: no images to validate on
+        import numpy as np
+        train_ds, test_images, test_labels = None, np.zeros((0, 1, 28, 28), np.uint8), None
+    else:
+        train_ds, test_ds = load_splits(train_csv, test_csv, idx_dir, need_train=need_train, artifact=artifact)
+        test_images, test_labels = test_ds.images[:, None], test_ds.labels
     results = []
     for t in targets:
         try:
-            r = exporters.export(artifact, t, test_images=test_ds.images[:, None], test_labels=test_ds.labels,
+            r = exporters.export(artifact, t, test_images=test_images, test_labels=test_labels,
                                  calib_images=train_ds.images[:, None] if train_ds is not None else None,
                                  **{k: v for k, v in options.items() if v is not None})
         except ValidationError as e:
             raise CheckFailed(f"export of {t} failed validation; the file was not kept:\n{e}") from None
-        except TensorRTUnavailable as e:
+        except (TensorRTUnavailable, TritonUnavailable) as e:
             raise ValueError(str(e)) from None
         results.append({"target": t, "path": str(r.path), "seconds": r.seconds, **r.details,
                         "validation": r.report.to_dict() if r.report else None})
@@ -371,12 +386,64 @@ def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, tes
             click.echo(f"{t}: wrote {r.path} in {r.seconds:.2f} s")
             if r.report:
                 click.echo(r.report.describe())
+            if "triton" in r.details:
+                click.echo("  " + describe_summary(r.details["triton"]))
             if "trt_rules" in r.details:  # reported, not enforced: the file may be meant for another runtime
                 broken = r.details["trt_rules"]
                 click.echo("  TensorRT parser rules: none broken" if not broken else
                            f"  TensorRT parser rules broken ({len(broken)}): " + "; ".join(broken))
     if as_json:
         click.echo(json.dumps(results, indent=2))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
+@click.option("--source", type=click.Choice(_sources()), default="onnx", show_default=True,
+              help="Which exported file to serve: model.onnx, model.int8.onnx, model.fp16.onnx or model.engine "
+                   "(ignored when ARTIFACT is a model file).")
+@click.option("--model-name", default="lenet", show_default=True, help="The name clients ask for.")
+@click.option("--backend", default="auto", show_default=True, help="Runtime backend of the Classifier behind it.")
+@click.option("--address", default="0.0.0.0", show_default=True, help="Address the three endpoints listen on.")
+@click.option("--http-port", type=int, default=8000, show_default=True)
+@click.option("--grpc-port", type=int, default=8001, show_default=True)
+@click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics port.")
+@click.option("--max-batch", type=int, default=1024, show_default=True,
+              help="Triton's max_batch_size: the largest request, and the largest batch dynamic batching forms.")
+@click.option("--instances", type=int, default=None,
+              help="Model instances, each its own Classifier, run concurrently (default: one per CPU core, at most 4).")
+@click.option("--preferred-batch", type=int, default=64, show_default=True,
+              help="Dynamic batching's preferred batch size.")
+@click.option("--queue-delay-us", type=int, default=100, show_default=True,
+              help="Dynamic batching's longest wait for a fuller batch, microseconds.")
+@click.option("--drain-timeout", type=int, default=5, show_default=True,
+              help="On SIGINT/SIGTERM, seconds Triton waits for in-flight requests and open connections.")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads per instance's backend session (default: the cores shared among the instances).")
+@handle_errors
+def serve(artifact: Path, source: str, model_name: str, backend: str, address: str, http_port: int, grpc_port: int,
+          metrics_port: int, max_batch: int, instances: int | None, preferred_batch: int, queue_delay_us: int,
+          drain_timeout: int, threads: int | None) -> None:
+    """Serve ARTIFACT's gated model on Triton Inference Server (HTTP, gRPC, metrics) until SIGINT/SIGTERM.
+
+    The model is bound under the name, inputs and outputs of 'export --target triton'; one line
+    says when it is ready. Needs the [serve] extra (nvidia-pytriton, tritonclient).
+    """
+    from exporters.targets import TRITON_SOURCES
+
+    from .serve import ServeError, ServeOptions, ServeUnavailable, serve_forever
+    model = artifact if artifact.is_file() else artifact / TRITON_SOURCES[source]
+    if not model.is_file():
+        raise ValueError(f"{model}: no such file: export it first ('lenet-tool export {artifact} --target "
+                         f"{'trt' if source == 'trt' else 'onnx' if source == 'onnx' else 'onnx-' + source}')")
+    opts = ServeOptions(model_name=model_name, backend=backend, address=address, http_port=http_port,
+                        grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch, instances=instances,
+                        preferred_batch=preferred_batch, queue_delay_us=queue_delay_us, drain_timeout=drain_timeout,
+                        threads=threads)
+    try:
+        serve_forever(model, opts, lambda line: click.echo(line))
+    except (ServeUnavailable, ServeError) as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(2 if isinstance(e, ServeUnavailable) else 1)
 
 
 @main.command()
