@@ -130,11 +130,14 @@ def test_target_table_drives_cli_and_runtime_lookup():
     choices = next(p for p in cmd.params if p.name == "targets").type.choices
     assert list(choices) == list(TARGETS)
     for t in TARGETS.values():
+        if t.format is None:  # a folder target (the Triton repository): nothing the runtime loads by name
+            assert t.folder and t.filename == t.folder and all(f.filename != t.folder for f in FORMATS)
+            continue
         assert t.format in FORMATS
         assert format_for_path(t.filename).backend == t.format.backend
     with pytest.raises(ValueError, match=r"target 'onnx' does not take --max-batch: it takes --opset, --validate-images"):
         check_options("onnx", {"max_batch": 8})
-    with pytest.raises(ValueError, match="unknown target 'tflite': expected one of onnx, onnx-int8, onnx-fp16, trt"):
+    with pytest.raises(ValueError, match="unknown target 'tflite': expected one of onnx, onnx-int8, onnx-fp16, trt, triton"):
         check_options("tflite", {})
 
 
@@ -142,6 +145,7 @@ def test_target_table_drives_cli_and_runtime_lookup():
 def test_every_target_exports_through_its_row(name, exported, tmp_path, small_split, mnist_test):
     """Each row of the table, run by its own exporter: a new row cannot go untested."""
     from exporters.tensorrt import TensorRTUnavailable
+    from exporters.triton import TritonUnavailable
     from runtime.metadata import METADATA_KEY, parse_metadata
     t = TARGETS[name]
     art = tmp_path / "art"
@@ -153,25 +157,32 @@ def test_every_target_exports_through_its_row(name, exported, tmp_path, small_sp
     try:
         r = exporters.export(art, name, test_images=mnist_test.images[:, None], test_labels=mnist_test.labels,
                              calib_images=small_split[0].images[:1000, None], **opts)
+    except TritonUnavailable as e:  # without the [serve] extra
+        pytest.skip(str(e))
     except TensorRTUnavailable as e:  # the one row that cannot build here: it must say why, and write nothing
         assert "needs TensorRT's Python package and an NVIDIA GPU" in str(e)
         assert not (art / t.filename).exists()
+        return
+    manifest = json.loads((art / "manifest.json").read_text())
+    if t.format is None:  # the Triton repository: a folder per model, checked on write, listed in the manifest
+        assert r.path == art / t.filename / "lenet" and (r.path / "config.pbtxt").is_file()
+        assert f"{t.filename}/lenet/config.pbtxt" in manifest["files"] and r.report is None
         return
     assert r.path == art / t.filename and r.path.is_file()
     assert r.report.passed and r.report.n == 300 and r.report.precision == t.precision
     meta = parse_metadata(next(p.value for p in onnx.load(str(r.path)).metadata_props if p.key == METADATA_KEY),
                           str(r.path))
     assert meta["precision"] == t.precision
-    manifest = json.loads((art / "manifest.json").read_text())
     from runtime.fileio import sha256_file
     assert manifest["files"][t.filename]["sha256"] == sha256_file(r.path)
 
 
 def test_trt_sources_come_from_the_table():
-    from exporters.targets import TRT_SOURCES
+    from exporters.targets import TRITON_SOURCES, TRT_SOURCES
     assert TRT_SOURCES == {"onnx": "model.onnx", "int8": "model.int8.onnx", "fp16": "model.fp16.onnx"}
+    assert TRITON_SOURCES == {**TRT_SOURCES, "trt": "model.engine"}
     cmd = main.commands["export"]
-    assert list(next(p for p in cmd.params if p.name == "source").type.choices) == list(TRT_SOURCES)
+    assert list(next(p for p in cmd.params if p.name == "source").type.choices) == list(TRITON_SOURCES)
     helps = next(p for p in cmd.params if p.name == "targets").help
     assert all(f"{t.name}: {t.description}" in helps for t in TARGETS.values())
 

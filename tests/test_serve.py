@@ -63,6 +63,11 @@ def test_ready_line_and_interface(server, onnx_artifact):
         _, outputs = io_spec(clf.metadata)
     assert [(t["name"], t["data_type"], t["dims"]) for t in cfg["output"]] == \
         [(s.name, s.triton_type, list(s.dims)) for s in outputs]
+    # Triton's Prometheus metrics, on their own port, name the model.
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    assert 'nv_inference_request_success{model="lenet"' in text
 
 
 def test_served_decisions_equal_the_classifier_on_all_test_images(server, onnx_artifact, mnist_test):
