@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a score is computed: the CLI reads this module's defaults
+    import torch  # for every command, 'serve' and 'info' included, and torch costs 2 s to import
 
 CALIBRATION_SCHEMA = 1
 METHODS = ("guaranteed", "seed")
@@ -122,6 +124,8 @@ def logsumexp_rows(z: torch.Tensor) -> torch.Tensor:
     batch, so the energy floor passed every frame of it: 3.1% of MNIST test frames accepted that
     ONNX Runtime refuses). Max, exp, sum and log mean the same on every runtime.
     """
+    import torch
+
     m = z.amax(dim=1, keepdim=True)
     return (m + torch.log(torch.exp(z - m).sum(dim=1, keepdim=True))).squeeze(1)
 
@@ -132,6 +136,8 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tenso
     ``novelty`` ``(N,)``: the frames' novelty residuals, needed when ``calib`` has a
     ``novelty_ceiling``.
     """
+    import torch
+
     score = calib["score"]
     if score == "seed-minmax":
         lo = torch.tensor(calib["logit_min"], dtype=logits.dtype, device=logits.device)
@@ -167,6 +173,8 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tenso
 
 def confidence_np(logits: np.ndarray, calib: dict[str, Any], novelty: np.ndarray | None = None) -> np.ndarray:
     """:func:`confidence` for numpy logits (computed in float64)."""
+    import torch
+
     nov = None if novelty is None else torch.from_numpy(np.asarray(novelty, dtype=np.float64))
     return confidence(torch.from_numpy(np.asarray(logits, dtype=np.float64)), calib, nov).numpy()
 
