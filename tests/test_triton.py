@@ -60,6 +60,14 @@ def test_export_writes_a_repository_triton_parses(art):
     assert manifest["triton/lenet/1/model.onnx"]["sha256"] == sha256_file(model)
 
 
+def test_repository_comes_after_the_file_it_copies(art):
+    (art / "model.onnx").unlink()
+    r = CliRunner().invoke(main, ["export", str(art), "--target", "triton", "--target", "onnx"])
+    assert r.exit_code == 0, r.output
+    assert r.output.index("onnx: wrote") < r.output.index("triton: wrote")
+    assert sha256_file(art / "triton/lenet/1/model.onnx") == sha256_file(art / "model.onnx")
+
+
 def test_model_name_sources_and_options(art):
     r = CliRunner().invoke(main, ["export", str(art), "--target", "triton", "--source", "int8", "--model-name",
                                   "digits-int8", "--max-batch", "256", "--preferred-batch", "32", "--queue-delay-us",

@@ -363,6 +363,9 @@ def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, tes
 
     for t in targets:  # every option problem before any work
         check_options(t, options)
+    from exporters.targets import TARGETS
+    # A repository copies an exported file: whatever the order given, it comes after the files.
+    targets = tuple(sorted(targets, key=lambda name: TARGETS[name].format is None))
     need_train = "onnx-int8" in targets
     if set(targets) == {"triton"}:  # a repository copies an exported file: no images to validate on
         import numpy as np
