@@ -133,6 +133,11 @@ TRT_SOURCES: dict[str, str] = {t.name.removeprefix("onnx-"): t.filename for t in
 #: ``--source`` of the triton target: the ONNX files, or the TensorRT plan (served as model.plan).
 TRITON_SOURCES: dict[str, str] = {**TRT_SOURCES, "trt": TARGETS["trt"].filename}
 
+def target_for_file(filename: str) -> str:
+    """The target that writes ``filename`` (``model.int8.onnx`` -> ``onnx-int8``), for "export it first" hints."""
+    return next((t.name for t in TARGETS.values() if t.filename == filename), "onnx")
+
+
 DEFAULTS = {"opset": 17, "validate_images": 10000, "calibration_images": 5000, "int8_format": "qdq",
             "source": "onnx", "min_batch": 1, "opt_batch": 32, "max_batch": 1024, "workspace_mib": 256,
             "timing_cache": None, "model_name": "lenet", "preferred_batch": 64, "queue_delay_us": 100,

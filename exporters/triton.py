@@ -28,8 +28,13 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")  # what PyTriton an
 # numpy dtype name -> Triton data type name (the subset this model's tensors use)
 TRITON_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64", "bool": "TYPE_BOOL",
                  "float16": "TYPE_FP16", "int32": "TYPE_INT32"}
-# ONNX TensorProto element type -> numpy dtype name
-ONNX_DTYPES = {1: "float32", 2: "uint8", 6: "int32", 7: "int64", 9: "bool", 10: "float16"}
+
+
+def check_model_name(name: str) -> None:
+    """Raise ValueError unless ``name`` is a model name Triton's repository and PyTriton both take."""
+    if not NAME_RE.match(name):
+        raise ValueError(f"--model-name {name!r}: expected letters, digits, '_', '.' or '-' (at most 128, "
+                         "not starting with '.' or '-')")
 
 
 class TritonUnavailable(RuntimeError):
@@ -100,7 +105,11 @@ def _model_io(model: Path) -> tuple[dict[str, Any], dict[str, tuple[str, list[An
         for v in [*m.graph.input, *m.graph.output]:
             tt = v.type.tensor_type
             dims = [d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim]
-            tensors[v.name] = (ONNX_DTYPES.get(tt.elem_type, f"onnx type {tt.elem_type}"), dims)
+            try:
+                dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name
+            except (KeyError, ValueError, TypeError):  # a type numpy has no name for: no Triton type either
+                dtype = f"onnx type {tt.elem_type}"
+            tensors[v.name] = (dtype, dims)
         return meta, tensors, None
     from runtime.backends.trt import check_plan, read_sidecar
     meta = read_sidecar(model)
@@ -129,11 +138,11 @@ def gate_parameters(meta: dict[str, Any], model_sha256: str, source: str) -> dic
     }.items()}
 
 
-def build_config(name: str, model: Path, *, max_batch: int, preferred_batch: int, queue_delay_us: int,
-                 instances: int) -> Any:
-    """Triton's ``ModelConfig`` message for ``model`` (an exported ONNX file or TensorRT plan)."""
+def build_config(name: str, model: Path, meta: dict[str, Any], *, max_batch: int, preferred_batch: int,
+                 queue_delay_us: int, instances: int) -> Any:
+    """Triton's ``ModelConfig`` message for ``model`` (an exported ONNX file or TensorRT plan) with
+    metadata ``meta``."""
     pb, _ = _pb()
-    meta, _, _trt = _model_io(model)
     platform, _ = PLATFORMS[model.suffix]
     cfg = pb.ModelConfig(name=name, platform=platform, max_batch_size=int(max_batch))
     inputs, outputs = io_spec(meta)
@@ -264,17 +273,14 @@ def export_repository(artifact: Path, source: Path, *, name: str = "lenet", max_
         ValueError: a bad name or option, or a missing source file (naming the export that makes it).
         TritonConfigError: the written repository failed its own check (nothing is replaced).
     """
-    if not NAME_RE.match(name):
-        raise ValueError(f"--model-name {name!r}: expected letters, digits, '_', '.' or '-' (at most 128, "
-                         "not starting with '.' or '-')")
+    check_model_name(name)
     if not source.is_file():
-        target = {"model.onnx": "onnx", "model.int8.onnx": "onnx-int8", "model.fp16.onnx": "onnx-fp16",
-                  "model.engine": "trt"}.get(source.name, "onnx")
+        from .targets import target_for_file
         raise ValueError(f"{source}: no such file: export it first with 'lenet-tool export {artifact} "
-                         f"--target {target}'")
+                         f"--target {target_for_file(source.name)}'")
     if source.suffix not in PLATFORMS:
         raise ValueError(f"{source}: expected an ONNX file or a TensorRT plan (.engine)")
-    trt = _model_io(source)[2]
+    meta, _, trt = _model_io(source)
     if max_batch is None:  # ONNX Runtime takes any batch; a plan, what its profile allows
         max_batch = min(1024, int(trt["profile"]["max"])) if trt else 1024
     for flag, v, lo in (("--max-batch", max_batch, 1), ("--preferred-batch", preferred_batch, 1),
@@ -284,7 +290,7 @@ def export_repository(artifact: Path, source: Path, *, name: str = "lenet", max_
     if preferred_batch > max_batch:
         raise ValueError(f"--preferred-batch {preferred_batch}: expected at most --max-batch ({max_batch})")
     _, text_format = _pb()
-    cfg = build_config(name, source, max_batch=max_batch, preferred_batch=preferred_batch,
+    cfg = build_config(name, source, meta, max_batch=max_batch, preferred_batch=preferred_batch,
                        queue_delay_us=queue_delay_us, instances=instances)
     repo = artifact / "triton"
     repo.mkdir(parents=True, exist_ok=True)

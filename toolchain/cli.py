@@ -431,13 +431,13 @@ def serve(artifact: Path, source: str, model_name: str, backend: str, address: s
     The model is bound under the name, inputs and outputs of 'export --target triton'; one line
     says when it is ready. Needs the [serve] extra (nvidia-pytriton, tritonclient).
     """
-    from exporters.targets import TRITON_SOURCES
+    from exporters.targets import TRITON_SOURCES, target_for_file
 
     from .serve import ServeError, ServeOptions, ServeUnavailable, serve_forever
     model = artifact if artifact.is_file() else artifact / TRITON_SOURCES[source]
     if not model.is_file():
         raise ValueError(f"{model}: no such file: export it first ('lenet-tool export {artifact} --target "
-                         f"{'trt' if source == 'trt' else 'onnx' if source == 'onnx' else 'onnx-' + source}')")
+                         f"{target_for_file(model.name)}')")
     opts = ServeOptions(model_name=model_name, backend=backend, address=address, http_port=http_port,
                         grpc_port=grpc_port, metrics_port=metrics_port, max_batch=max_batch, instances=instances,
                         preferred_batch=preferred_batch, queue_delay_us=queue_delay_us, drain_timeout=drain_timeout,

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.triton import NAME_RE, io_spec
+from exporters.triton import check_model_name, io_spec
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 
@@ -66,9 +66,7 @@ class ServeOptions:
 
     def check(self) -> None:
         """Raise ValueError naming the first option out of range."""
-        if not NAME_RE.match(self.model_name):
-            raise ValueError(f"--model-name {self.model_name!r}: expected letters, digits, '_', '.' or '-' "
-                             "(at most 128, not starting with '.' or '-')")
+        check_model_name(self.model_name)
         for flag, v, lo, hi in (("--http-port", self.http_port, 1, 65535), ("--grpc-port", self.grpc_port, 1, 65535),
                                 ("--metrics-port", self.metrics_port, 1, 65535), ("--max-batch", self.max_batch, 1, None),
                                 ("--instances", 1 if self.instances is None else self.instances, 1, 64),
@@ -112,9 +110,14 @@ def _pytriton() -> Any:
     return triton_mod
 
 
+def local_host(address: str) -> str:
+    """Where this machine reaches a server listening on ``address`` (all interfaces -> loopback)."""
+    return "127.0.0.1" if address in ("0.0.0.0", "") else address
+
+
 def check_ports(address: str, ports: dict[str, int]) -> None:
     """Raise ValueError naming a port already taken (tritonserver's own message comes late and buried)."""
-    host = "127.0.0.1" if address in ("0.0.0.0", "") else address
+    host = local_host(address)
     for what, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -247,7 +250,7 @@ class Server:
         from pytriton.triton import TRITON_ACCESS_HEADER
         from tritonclient.http import InferenceServerClient
         o = self.opts
-        host = "127.0.0.1" if o.address in ("0.0.0.0", "") else o.address
+        host = local_host(o.address)
         headers = {TRITON_ACCESS_HEADER: self._triton.get_access_token()}
         try:
             client = InferenceServerClient(f"{host}:{o.http_port}", connection_timeout=2.0, network_timeout=2.0)
@@ -268,17 +271,13 @@ class Server:
         return False
 
     def describe(self) -> str:
-        o = self.opts
-        clf_meta = {"threshold": None}
-        if self._classifiers:
-            c = self._classifiers[0]
-            clf_meta = {"threshold": c.threshold, "backend": c.backend}
-        host = o.address
-        return (f"Serving {o.model_name!r} ({self.model_path.name} on {clf_meta.get('backend')}, gate threshold "
-                f"{clf_meta['threshold']:.6g}, {o.instances} instance{'s' if o.instances != 1 else ''} x {o.threads} "
-                f"thread{'s' if o.threads != 1 else ''}, max batch "
-                f"{o.max_batch}) on Triton Inference Server: HTTP {host}:{o.http_port}, gRPC {host}:{o.grpc_port}, "
-                f"metrics {host}:{o.metrics_port}/metrics; ready in {self.ready_seconds:.1f} s")
+        """The ready line (after :meth:`start`)."""
+        o, c = self.opts, self._classifiers[0]
+        return (f"Serving {o.model_name!r} ({self.model_path.name} on {c.backend}, gate threshold {c.threshold:.6g}, "
+                f"{o.instances} instance{'s' if o.instances != 1 else ''} x {o.threads} "
+                f"thread{'s' if o.threads != 1 else ''}, max batch {o.max_batch}) on Triton Inference Server: "
+                f"HTTP {o.address}:{o.http_port}, gRPC {o.address}:{o.grpc_port}, "
+                f"metrics {o.address}:{o.metrics_port}/metrics; ready in {self.ready_seconds:.1f} s")
 
 
 def serve_forever(model_path: Path, opts: ServeOptions, echo: Callable[[str], None]) -> dict[str, Any]:
