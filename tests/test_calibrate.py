@@ -57,6 +57,18 @@ def test_recalibrate_with_the_seed_rule_updates_everything(artifact, setup, tmp_
     assert {"uniform-noise", "gaussian-noise", "black", "white", "letters", "scrambled-digits", "fashion"} <= kinds
 
 
+def test_letters_count_as_seen_once_the_field_showed_printed_ones(artifact, setup, tmp_path):
+    assert "letters" not in json.loads((artifact / "metrics.json").read_text())["gate"]["ood_seen_in_training"]
+    art = tmp_path / "art"
+    shutil.copytree(artifact, art)
+    ckpt = load_checkpoint(art / "checkpoint.pt")
+    ckpt["field_outliers"] = ["blots", "printed-letters"]  # as 'train' records a field bank with glyphs
+    save_checkpoint(art / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
+    r = _run(art, setup, "--json")
+    assert r.exit_code == 0, r.output
+    assert "letters" in json.loads(r.output)["ood_seen_in_training"]
+
+
 def test_novelty_ceiling_is_fitted_and_optional(artifact, setup, tmp_path):
     art = tmp_path / "art"
     shutil.copytree(artifact, art)

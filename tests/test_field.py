@@ -75,9 +75,50 @@ def test_bank_holds_field_digits_and_labelled_outliers(mnist_train):
     assert changed[:32].float().mean() > 0.9 and not changed[32:].any() and bank.cursor == 32
 
 
+def test_bank_holds_printed_digits_labelled_by_their_character(mnist_train):
+    from toolchain.train import PRINTED_SHARE, _field_batch
+    x = torch.from_numpy(mnist_train.images[:2000].copy()).unsqueeze(1)
+    y = torch.from_numpy(mnist_train.labels[:2000].astype(np.int64))
+    _, fy = _field_batch(x, y, torch.Generator().manual_seed(0), outliers=0.0)
+    relabelled = (fy != y).float().mean().item()  # a printed digit replaced the handwritten one (9 in 10 differ)
+    assert 0.5 * 0.9 * PRINTED_SHARE < relabelled < 1.5 * 0.9 * PRINTED_SHARE and (fy >= 0).all()
+
+
+def test_glyphs_are_seeded_printed_characters():
+    from toolchain import ood
+    a, ia = ood.font_glyphs(64, np.random.default_rng(3))
+    b, ib = ood.font_glyphs(64, np.random.default_rng(3))
+    assert a.shape == (64, 28, 28) and a.dtype == np.uint8 and np.array_equal(a, b) and np.array_equal(ia, ib)
+    assert (a.reshape(64, -1).max(axis=1) > 128).all() and ia.max() < len(ood.GLYPHS)
+    d, lab = ood.font_glyphs(200, np.random.default_rng(4), chars="0123456789")
+    assert set(lab.tolist()) == set(range(10))
+    p, plab = ood.printed_digits(50, np.random.default_rng(5))
+    assert p.shape == (50, 28, 28) and plab.dtype == np.int64 and (p.reshape(50, -1).max(axis=1) > 128).all()
+    # The measure's face is not a training face: the same character differs.
+    assert not any(np.array_equal(p[i], d[j]) for i in range(50) for j in range(200))
+
+
+def test_glyphs_need_matplotlibs_faces(monkeypatch, tmp_path):
+    import matplotlib
+
+    from toolchain import ood
+    monkeypatch.setattr(matplotlib, "get_data_path", lambda: str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=r"lacks DejaVuSans.ttf, .*expected the TrueType faces matplotlib ships"):
+        ood.font_glyphs(1, np.random.default_rng(0))
+
+
+def test_field_outliers_are_a_third_glyphs(mnist_train):
+    x = torch.from_numpy(mnist_train.images[:900].copy()).float().unsqueeze(1) / 255
+    glyphs = {g.tobytes() for g in field.glyph_bank(torch.device("cpu"))[0].numpy()}
+    out = field.make_field_outliers(x, torch.Generator().manual_seed(1))
+    frames = torch.round(out[:, 0] * 255).to(torch.uint8).numpy()
+    is_glyph = np.mean([f.tobytes() in glyphs for f in frames])
+    assert 0.28 < is_glyph < 0.39
+
+
 def test_non_digit_kinds_render(mnist_test):
     rng = np.random.default_rng(0)
-    for kind in ("paper", "texture", "clutter", "letters"):
+    for kind in ("paper", "texture", "clutter", "letters", "clothing"):
         f = non_digit_frames(kind, 8, rng)
         assert f.shape == (8, 28, 28) and f.dtype == np.uint8
     with pytest.raises(ValueError, match="non-digit kind 'x'"):
@@ -112,10 +153,15 @@ def test_field_command(art):
     mf = res["mnist_frames"]
     assert mf["raw"]["n"] == mf["preprocessed"]["n"] == 150
     assert abs(mf["raw"]["accuracy"] - mf["preprocessed"]["accuracy"]) < 0.05  # preprocess keeps MNIST's frames
-    assert set(res["non_digits"]) == {"paper", "texture", "clutter", "letters", "all"}
+    assert set(res["non_digits"]) == {"paper", "texture", "clutter", "letters", "clothing", "all"}
+    kinds = [v["coverage"] for k, v in res["non_digits"].items() if k != "all"]
+    assert res["non_digits"]["all"]["coverage"] == pytest.approx(np.mean(kinds))
+    pr = res["printed_digits"]
+    assert pr["n"] == 150 and pr["coverage"] == pytest.approx(pr["accepted"] / 150)
     assert (art / "field.json").is_file() and (art / "report" / "field.png").stat().st_size > 1000
     text = CliRunner().invoke(main, ["field", str(art), "--images", "50", "--non-digits", "0", "--level", "mild"])
     assert text.exit_code == 0 and "mild" in text.output and "Field benchmark: 50 test digits" in text.output
+    assert "printed " in text.output and "not calibrated for" in text.output
     bad = CliRunner().invoke(main, ["field", str(art), "--level", "foggy"])
     assert bad.exit_code == 2 and "field level(s) foggy: expected some of clean, mild, harsh" in bad.output
 

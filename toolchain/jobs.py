@@ -251,7 +251,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
         "accepted_holdout_error_count": len(held_errors),
         "accepted_holdout_errors": held_errors[:ACCEPTED_ERRORS_LISTED],
         "ood_seen_in_training": [k for k in OOD_SEEN_IN_TRAINING
-                                 if (ckpt["train_config"].get("outlier_fraction") or 0) > 0],
+                                 if (ckpt["train_config"].get("outlier_fraction") or 0) > 0]
+                                + (["letters"] if "printed-letters" in (ckpt.get("field_outliers") or []) else []),
         "comparison": rows,
     }
     rdir = out_dir / "report"

@@ -29,23 +29,78 @@ def blank(n: int, value: int) -> np.ndarray:
     return np.full((n, 28, 28), value, dtype=np.uint8)
 
 
+def _draw(texts: list[str], fonts: list, angles: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+    """uint8 ``(N, 28, 28)``: each text light on dark, centred (then shifted by ``shift`` pixels)
+    in its font, rotated by its angle (degrees)."""
+    from PIL import Image, ImageDraw
+
+    out = np.zeros((len(texts), 28, 28), dtype=np.uint8)
+    for i, (text, font) in enumerate(zip(texts, fonts)):
+        dx, dy = (0, 0) if shift is None else (int(shift[i, 0]), int(shift[i, 1]))
+        im = Image.new("L", (28, 28))
+        ImageDraw.Draw(im).text((14 + dx, 14 + dy), text, fill=255, font=font, anchor="mm")
+        out[i] = np.asarray(im.rotate(float(angles[i]), resample=Image.BILINEAR))
+    return out
+
+
+def _default_faces() -> dict:
+    from PIL import ImageFont
+    return {size: ImageFont.load_default(size=size) for size in range(16, 27, 2)}
+
+
 def letters(n: int, rng: np.random.Generator) -> np.ndarray:
     """Latin letters (none digit-like) in Pillow's built-in font, random size, slant and place,
     light on dark and centred by their box as MNIST digits are."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    fonts = {size: ImageFont.load_default(size=size) for size in range(16, 27, 2)}
-    out = np.zeros((n, 28, 28), dtype=np.uint8)
+    fonts = _default_faces()
     chars = rng.integers(0, len(LETTERS), size=n)
     sizes = rng.choice(sorted(fonts), size=n)
     angles = rng.uniform(-20, 20, size=n)
     shift = rng.integers(-2, 3, size=(n, 2))
-    for i in range(n):
-        im = Image.new("L", (28, 28))
-        ImageDraw.Draw(im).text((14 + int(shift[i, 0]), 14 + int(shift[i, 1])), LETTERS[chars[i]], fill=255,
-                                font=fonts[int(sizes[i])], anchor="mm")
-        out[i] = np.asarray(im.rotate(float(angles[i]), resample=Image.BILINEAR))
-    return out
+    return _draw([LETTERS[c] for c in chars], [fonts[int(s)] for s in sizes], angles, shift)
+
+
+#: Typefaces training's glyph outliers are drawn in: the TrueType faces matplotlib ships (DejaVu
+#: Sans/Serif/Mono with their bold and slanted cuts, STIX, Computer Modern). Never Pillow's default
+#: face, in which :func:`letters` (the measure of letters) is drawn.
+GLYPH_FONTS = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf", "DejaVuSerif.ttf",
+               "DejaVuSerif-Bold.ttf", "DejaVuSerif-Italic.ttf", "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf",
+               "STIXGeneral.ttf", "STIXGeneralBol.ttf", "STIXGeneralItalic.ttf", "cmr10.ttf", "cmss10.ttf",
+               "cmti10.ttf")
+#: Training's glyphs: the letters of :data:`LETTERS` and symbols that are no digit's shape.
+GLYPHS = LETTERS + "#%@*+=<>&?"
+
+
+def font_glyphs(n: int, rng: np.random.Generator, chars: str = GLYPHS) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` characters of ``chars`` (letters and symbols by default) in :data:`GLYPH_FONTS`, random
+    face, size, slant and place, light on dark: printed characters a camera pointed at digits
+    also meets. Returns the uint8 frames ``(n, 28, 28)`` and each one's index in ``chars``."""
+    import matplotlib
+    from PIL import ImageFont
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    missing = [f for f in GLYPH_FONTS if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: lacks {', '.join(missing)}: expected the TrueType faces matplotlib "
+                                "ships (reinstall matplotlib)")
+    sizes = range(14, 27, 2)
+    fonts = {(f, s): ImageFont.truetype(str(folder / f), s) for f in GLYPH_FONTS for s in sizes}
+    which = rng.integers(0, len(chars), size=n)
+    faces = rng.integers(0, len(GLYPH_FONTS), size=n)
+    size = rng.choice(list(sizes), size=n)
+    angles = rng.uniform(-20, 20, size=n)
+    shift = rng.integers(-2, 3, size=(n, 2))
+    return _draw([chars[w] for w in which], [fonts[(GLYPH_FONTS[f], int(z))] for f, z in zip(faces, size)],
+                 angles, shift), which
+
+
+def printed_digits(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Digits in Pillow's built-in face (which training never sees), drawn as :func:`letters`
+    is, and their labels: how the model does on print, such as a meter's or a form's."""
+    fonts = _default_faces()
+    labels = rng.integers(0, 10, size=n)
+    sizes = rng.choice(sorted(fonts), size=n)
+    angles = rng.uniform(-10, 10, size=n)
+    return _draw([str(d) for d in labels], [fonts[int(s)] for s in sizes], angles), labels.astype(np.int64)
 
 
 def scrambled_digits(images: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

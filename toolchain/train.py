@@ -217,6 +217,13 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
 
 #: The field bank's share of non-digits, per unit of ``outlier_fraction`` (0.25 -> a fifth).
 FIELD_OUTLIER_SHARE = 0.8
+#: The field bank's share of digits that are printed (:func:`toolchain.field.glyph_bank`) instead of
+#: handwritten: with printed letters among the non-digits, the model must learn the letters' shapes,
+#: not that print is no digit. 0.1 was chosen on the held-out split's renderings (docs/field.md).
+PRINTED_SHARE = 0.1
+#: The non-digit families of the field bank (:func:`toolchain.field.make_field_outliers`).
+FIELD_OUTLIER_KINDS = ("chimeras", "tiles", "noise", "blank", "blots", "crossing-lines", "object-edges",
+                       "printed-letters")
 
 
 @dataclass
@@ -250,11 +257,19 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
 
     The first ``outliers`` share are non-digits (:func:`toolchain.field.make_field_outliers`)
     shot and preprocessed the same way, labelled -1: after preprocessing, a non-digit is scaled
-    and centred like a digit, and outlier exposure must see that too.
+    and centred like a digit, and outlier exposure must see that too. Of the digits,
+    :data:`PRINTED_SHARE` are printed digits in the glyph faces, labelled by their character.
     """
-    from .field import TRAIN_LEVEL, field_frames, make_field_outliers
+    from .field import TRAIN_LEVEL, field_frames, glyph_bank, make_field_outliers
     y = y.clone()
     k = int(round(outliers * x_u8.shape[0]))
+    # A share of the digits are printed ones, labelled by their character.
+    _, printed_x, printed_y = glyph_bank(x_u8.device)
+    printed = torch.rand(x_u8.shape[0], device=x_u8.device, generator=gen) < PRINTED_SHARE
+    printed[:k] = False
+    pick = torch.randint(0, printed_x.shape[0], (x_u8.shape[0],), device=x_u8.device, generator=gen)
+    x_u8 = torch.where(printed.view(-1, 1, 1, 1), printed_x[pick].unsqueeze(1), x_u8)
+    y = torch.where(printed, printed_y[pick].to(y.dtype), y)
     xs = []
     for i in range(0, x_u8.shape[0], chunk):
         xb = x_u8[i:i + chunk].float() / 255.0
@@ -407,6 +422,8 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         "tool_version": __version__,
         "torch_version": str(torch.__version__),
         "calibration": None,
+        # What the field's outlier exposure showed the model, for the reports' "seen in training".
+        "field_outliers": list(FIELD_OUTLIER_KINDS) if cfg.field_fraction > 0 and cfg.outlier_fraction > 0 else [],
     }
     history: list[dict[str, float]] = []
     best_loss, best_epoch, start_epoch, seconds = math.inf, 0, 0, 0.0

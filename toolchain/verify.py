@@ -79,7 +79,7 @@ def verify(artifact: Path, test: Dataset, files: list[Path] | None = None, backe
         # The device's path on camera crops: reported beside the checks, not a pass/fail of its own
         # (the field's targets are the model's, not the export's); only for files that passed.
         from .fieldbench import run_field
-        field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0,
+        field_mild = run_field(artifact, test, n=field_images, levels=["mild"], non_digits=0, printed=False,
                                backend="auto" if backend == "all" else backend)
     return {"passed": not failed, "verdict": "FAIL" if checked_fail else ("INCOMPLETE" if failed else "PASS"),
             "not_checked": not_checked, "manifest": problems, "files": results,
