@@ -79,9 +79,21 @@ def test_bank_holds_printed_digits_labelled_by_their_character(mnist_train):
     from toolchain.train import PRINTED_SHARE, _field_batch
     x = torch.from_numpy(mnist_train.images[:2000].copy()).unsqueeze(1)
     y = torch.from_numpy(mnist_train.labels[:2000].astype(np.int64))
-    _, fy = _field_batch(x, y, torch.Generator().manual_seed(0), outliers=0.0)
+    _, fy = _field_batch(x, y, torch.Generator().manual_seed(0), outliers=0.0, printed=True)
     relabelled = (fy != y).float().mean().item()  # a printed digit replaced the handwritten one (9 in 10 differ)
     assert 0.5 * 0.9 * PRINTED_SHARE < relabelled < 1.5 * 0.9 * PRINTED_SHARE and (fy >= 0).all()
+
+
+def test_printed_characters_only_for_digit_data(mnist_train):
+    from toolchain import ood
+    from toolchain.train import looks_like_digits
+    x, y = mnist_train.images[:3000], mnist_train.labels[:3000]
+    assert looks_like_digits(x, y) and looks_like_digits(255 - x, y)  # either polarity
+    assert not looks_like_digits(x, (y + 1) % 10)  # digits, but not in label order
+    letters, which = ood.font_glyphs(2000, np.random.default_rng(0), chars="ABCDEFGHIJ")
+    assert not looks_like_digits(letters, which)  # a dataset of ten letters
+    assert not looks_like_digits(ood.fashion(3000), np.arange(3000) % 10)
+    assert not looks_like_digits(np.zeros((10, 32, 32), np.uint8), np.arange(10))
 
 
 def test_glyphs_are_seeded_printed_characters():
@@ -110,10 +122,10 @@ def test_glyphs_need_matplotlibs_faces(monkeypatch, tmp_path):
 def test_field_outliers_are_a_third_glyphs(mnist_train):
     x = torch.from_numpy(mnist_train.images[:900].copy()).float().unsqueeze(1) / 255
     glyphs = {g.tobytes() for g in field.glyph_bank(torch.device("cpu"))[0].numpy()}
-    out = field.make_field_outliers(x, torch.Generator().manual_seed(1))
-    frames = torch.round(out[:, 0] * 255).to(torch.uint8).numpy()
-    is_glyph = np.mean([f.tobytes() in glyphs for f in frames])
-    assert 0.28 < is_glyph < 0.39
+    def glyph_share(**kw):
+        out = field.make_field_outliers(x, torch.Generator().manual_seed(1), **kw)
+        return np.mean([f.tobytes() in glyphs for f in torch.round(out[:, 0] * 255).to(torch.uint8).numpy()])
+    assert 0.28 < glyph_share(glyphs=True) < 0.39 and glyph_share() == 0.0
 
 
 def test_non_digit_kinds_render(mnist_test):

@@ -215,6 +215,38 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[s
     return {"loss": loss, "accuracy": acc, "logits": logits}
 
 
+#: Classes whose mean frame must correlate best with MNIST's mean of the same digit for
+#: :func:`looks_like_digits`.
+DIGIT_CLASSES_MATCHED = 8
+
+
+def class_means(images: np.ndarray, labels: np.ndarray, classes: int = 10) -> np.ndarray:
+    """``(classes, H * W)``: each class's mean frame, light on dark (frames whose mean pixel is above
+    the middle are inverted first, as the model's polarity handling does); zeros for an absent class."""
+    x = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    x = np.where(x.mean(axis=1, keepdims=True) > 0.5, 1.0 - x, x)
+    out = np.zeros((classes, x.shape[1]), dtype=np.float32)
+    for c in range(classes):
+        if (labels == c).any():
+            out[c] = x[labels == c].mean(axis=0)
+    return out
+
+
+def looks_like_digits(images: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether a training set is the ten digits in label order: at least
+    :data:`DIGIT_CLASSES_MATCHED` of its class means correlate best with the embedded MNIST's
+    mean of the same digit (a subset of MNIST: 10 of 10; Fashion-MNIST or letters: chance)."""
+    if images.shape[1:] != (28, 28):
+        return False
+    from .data import embedded_mnist
+    ref = embedded_mnist("test")
+    a, b = class_means(images, labels), class_means(ref.images, ref.labels)
+    a = a - a.mean(axis=1, keepdims=True)
+    b = b - b.mean(axis=1, keepdims=True)
+    corr = (a @ b.T) / np.maximum(np.linalg.norm(a, axis=1)[:, None] * np.linalg.norm(b, axis=1)[None], 1e-12)
+    return int((corr.argmax(axis=1) == np.arange(10)).sum()) >= DIGIT_CLASSES_MATCHED
+
+
 #: The field bank's share of non-digits, per unit of ``outlier_fraction`` (0.25 -> a fifth).
 FIELD_OUTLIER_SHARE = 0.8
 #: The field bank's share of digits that are printed (:func:`toolchain.field.glyph_bank`) instead of
@@ -235,47 +267,51 @@ class FieldBank:
     cursor: int = 0
 
     @classmethod
-    def build(cls, x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generator, outliers: float) -> FieldBank:
+    def build(cls, x: torch.Tensor, y: torch.Tensor, size: int, gen: torch.Generator, outliers: float,
+              printed: bool = False) -> FieldBank:
         pick = torch.randint(0, x.shape[0], (size,), device=x.device, generator=gen)
-        fx, fy = _field_batch(x[pick], y[pick], gen, outliers)
+        fx, fy = _field_batch(x[pick], y[pick], gen, outliers, printed=printed)
         return cls(fx, fy)
 
-    def refresh(self, x: torch.Tensor, y: torch.Tensor, count: int, gen: torch.Generator, outliers: float) -> None:
+    def refresh(self, x: torch.Tensor, y: torch.Tensor, count: int, gen: torch.Generator, outliers: float,
+                printed: bool = False) -> None:
         """Render ``count`` new frames over the oldest ones."""
         if count <= 0:
             return
         pick = torch.randint(0, x.shape[0], (count,), device=x.device, generator=gen)
-        fx, fy = _field_batch(x[pick], y[pick], gen, outliers)
+        fx, fy = _field_batch(x[pick], y[pick], gen, outliers, printed=printed)
         slots = (torch.arange(count, device=x.device) + self.cursor) % self.x.shape[0]
         self.x[slots], self.y[slots] = fx, fy
         self.cursor = int((self.cursor + count) % self.x.shape[0])
 
 
 def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outliers: float = 0.0,
-                 chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                 chunk: int = 1024, printed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Field frames (uint8) of training digits; a crop the preprocessing refuses keeps its plain frame.
 
     The first ``outliers`` share are non-digits (:func:`toolchain.field.make_field_outliers`)
     shot and preprocessed the same way, labelled -1: after preprocessing, a non-digit is scaled
-    and centred like a digit, and outlier exposure must see that too. Of the digits,
-    :data:`PRINTED_SHARE` are printed digits in the glyph faces, labelled by their character.
+    and centred like a digit, and outlier exposure must see that too. With ``printed`` (digit
+    data only, :func:`looks_like_digits`), printed letters are among the non-digits and
+    :data:`PRINTED_SHARE` of the digits are printed digits in the glyph faces, labelled by their
+    character.
     """
     from .field import TRAIN_LEVEL, field_frames, glyph_bank, make_field_outliers
     y = y.clone()
     k = int(round(outliers * x_u8.shape[0]))
-    # A share of the digits are printed ones, labelled by their character.
-    _, printed_x, printed_y = glyph_bank(x_u8.device)
-    printed = torch.rand(x_u8.shape[0], device=x_u8.device, generator=gen) < PRINTED_SHARE
-    printed[:k] = False
-    pick = torch.randint(0, printed_x.shape[0], (x_u8.shape[0],), device=x_u8.device, generator=gen)
-    x_u8 = torch.where(printed.view(-1, 1, 1, 1), printed_x[pick].unsqueeze(1), x_u8)
-    y = torch.where(printed, printed_y[pick].to(y.dtype), y)
+    if printed:  # a share of the digits are printed ones, labelled by their character
+        _, printed_x, printed_y = glyph_bank(x_u8.device)
+        swap = torch.rand(x_u8.shape[0], device=x_u8.device, generator=gen) < PRINTED_SHARE
+        swap[:k] = False
+        pick = torch.randint(0, printed_x.shape[0], (x_u8.shape[0],), device=x_u8.device, generator=gen)
+        x_u8 = torch.where(swap.view(-1, 1, 1, 1), printed_x[pick].unsqueeze(1), x_u8)
+        y = torch.where(swap, printed_y[pick].to(y.dtype), y)
     xs = []
     for i in range(0, x_u8.shape[0], chunk):
         xb = x_u8[i:i + chunk].float() / 255.0
         if i < k:
             m = min(k - i, xb.shape[0])
-            xb = torch.cat([make_field_outliers(xb[:m], gen, y[i:i + m]), xb[m:]])
+            xb = torch.cat([make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed), xb[m:]])
         fr, code = field_frames(xb, TRAIN_LEVEL, gen)
         xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
     y[:k] = -1
@@ -391,6 +427,9 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
     _seed_all(cfg)
     env = environment_report(device)
     tr_idx, ho_idx = split_indices(len(train), cfg.holdout_fraction, cfg.seed)
+    # Printed letters as non-digits and printed digits as digits are digit knowledge: a dataset of
+    # letters or clothing must not be taught that an 'A' is nothing or that a printed '3' is class 3.
+    printed = cfg.field_fraction > 0 and looks_like_digits(train.images[tr_idx], train.labels[tr_idx])
     x_tr, y_tr = to_device_tensors(train.images[tr_idx], train.labels[tr_idx], device)
     x_ho, y_ho = to_device_tensors(train.images[ho_idx], train.labels[ho_idx], device)
     arch = ArchConfig(cfg.arch, num_classes=10)
@@ -423,7 +462,9 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         "torch_version": str(torch.__version__),
         "calibration": None,
         # What the field's outlier exposure showed the model, for the reports' "seen in training".
-        "field_outliers": list(FIELD_OUTLIER_KINDS) if cfg.field_fraction > 0 and cfg.outlier_fraction > 0 else [],
+        "field_outliers": [k for k in FIELD_OUTLIER_KINDS if printed or k != "printed-letters"]
+        if cfg.field_fraction > 0 and cfg.outlier_fraction > 0 else [],
+        "printed_digits": printed,
     }
     history: list[dict[str, float]] = []
     best_loss, best_epoch, start_epoch, seconds = math.inf, 0, 0, 0.0
@@ -458,7 +499,8 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         else:
             t0 = time.perf_counter()
             with torch.no_grad():
-                bank = FieldBank.build(x_tr, y_tr, cfg.field_bank, gen, cfg.outlier_fraction * FIELD_OUTLIER_SHARE)
+                bank = FieldBank.build(x_tr, y_tr, cfg.field_bank, gen, cfg.outlier_fraction * FIELD_OUTLIER_SHARE,
+                                       printed=printed)
             seconds += time.perf_counter() - t0
     if on_start is not None:
         on_start(start_epoch, x_tr.shape[0])
@@ -468,7 +510,8 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         # Every epoch but the one a bank was just rendered for refreshes a part of it.
         if bank is not None and epoch > 0 and not (epoch == start_epoch and saved_bank is None):
             with torch.no_grad():
-                bank.refresh(x_tr, y_tr, cfg.field_refresh, gen, cfg.outlier_fraction * FIELD_OUTLIER_SHARE)
+                bank.refresh(x_tr, y_tr, cfg.field_refresh, gen, cfg.outlier_fraction * FIELD_OUTLIER_SHARE,
+                             printed=printed)
         train_loss = train_one_epoch(model, opt, sched, x_tr, y_tr, cfg, gen, on_batch, bank)
         val = evaluate(model, x_ho, y_ho)
         if device.type == "cuda":
