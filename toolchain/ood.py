@@ -9,6 +9,7 @@ They stand in for "something that is not a digit" when measuring how often a gat
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ def blank(n: int, value: int) -> np.ndarray:
     return np.full((n, 28, 28), value, dtype=np.uint8)
 
 
-def _draw(texts: list[str], fonts: list, angles: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
+def _draw(texts: list[str], fonts: list[Any], angles: np.ndarray, shift: np.ndarray | None = None) -> np.ndarray:
     """uint8 ``(N, 28, 28)``: each text light on dark, centred (then shifted by ``shift`` pixels)
     in its font, rotated by its angle (degrees)."""
     from PIL import Image, ImageDraw
@@ -43,8 +44,10 @@ def _draw(texts: list[str], fonts: list, angles: np.ndarray, shift: np.ndarray |
     return out
 
 
-def _default_faces() -> dict:
+def _default_faces() -> dict[int, Any]:
+    """Pillow's built-in face at the sizes the measures draw in."""
     from PIL import ImageFont
+
     return {size: ImageFont.load_default(size=size) for size in range(16, 27, 2)}
 
 
