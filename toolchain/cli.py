@@ -535,8 +535,10 @@ def bench(artifact: Path, files: tuple[Path, ...], threads: int, iters: int, sec
 @click.option("--level", "levels", multiple=True, help="Levels to measure (repeatable; default: all): "
               "clean, mild, harsh, and each degradation alone (scale, blur, noise, contrast, gradient, vignette, "
               "specks, perspective, jpeg, polarity, rgb).")
-@click.option("--images", "n", type=int, default=2000, help="Test images rendered per level.")
-@click.option("--non-digits", type=int, default=1000, help="Non-digit crops per kind (0 skips them).")
+@click.option("--images", "n", type=int, default=2000,
+              help="Test images rendered per level (and printed digits for the 'printed' row).")
+@click.option("--non-digits", type=int, default=1000,
+              help="Non-digit crops per kind: paper, texture, clutter, letters, clothing (0 skips them).")
 @click.option("--backend", default="auto", help="Runtime backend for model.onnx.")
 @click.option("--test-csv", type=click.Path(path_type=Path),
               help="Test set as a seed CSV (default: the test set the artifact was trained with, SHA-256 checked).")
