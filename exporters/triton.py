@@ -21,6 +21,8 @@ from typing import Any
 from runtime.fileio import sha256_file
 from runtime.metadata import INPUT_NAME, OUTPUT_NAMES
 
+from .targets import DEFAULTS
+
 VERSION = "1"  # the one model version a repository holds
 PLATFORMS = {".onnx": ("onnxruntime_onnx", "model.onnx"), ".engine": ("tensorrt_plan", "model.plan")}
 PARAM_PREFIX = "lenet_tool."
@@ -264,8 +266,9 @@ def check_repository(repo: Path, name: str) -> dict[str, Any]:
             "threshold": float(meta["gate"]["threshold"])}
 
 
-def export_repository(artifact: Path, source: Path, *, name: str = "lenet", max_batch: int | None = None,
-                      preferred_batch: int = 64, queue_delay_us: int = 100, instances: int = 1) -> tuple[Path, dict]:
+def export_repository(artifact: Path, source: Path, *, name: str = DEFAULTS["model_name"], max_batch: int | None = None,
+                      preferred_batch: int = DEFAULTS["preferred_batch"], queue_delay_us: int = DEFAULTS["queue_delay_us"],
+                      instances: int = DEFAULTS["instances"]) -> tuple[Path, dict]:
     """Write ``artifact/triton/<name>/`` for ``source`` (an exported file in ``artifact``), checked with
     :func:`check_repository` before it replaces an earlier ``<name>``; other models there are kept.
 

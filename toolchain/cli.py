@@ -318,6 +318,12 @@ def _sources() -> list[str]:
     return list(TRITON_SOURCES)
 
 
+def _repository_default(option: str) -> Any:
+    """The Triton repository's default for ``option``: 'serve' binds the model under the same."""
+    from exporters.targets import DEFAULTS
+    return DEFAULTS[option]
+
+
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path), default=DEFAULT_OUT)
 @click.option("--target", "targets", multiple=True, required=True, type=click.Choice(list(_targets())),
@@ -404,19 +410,20 @@ def export(artifact: Path, targets: tuple[str, ...], train_csv: Path | None, tes
 @click.option("--source", type=click.Choice(_sources()), default="onnx", show_default=True,
               help="Which exported file to serve: model.onnx, model.int8.onnx, model.fp16.onnx or model.engine "
                    "(ignored when ARTIFACT is a model file).")
-@click.option("--model-name", default="lenet", show_default=True, help="The name clients ask for.")
+@click.option("--model-name", default=_repository_default("model_name"), show_default=True,
+              help="The name clients ask for.")
 @click.option("--backend", default="auto", show_default=True, help="Runtime backend of the Classifier behind it.")
 @click.option("--address", default="0.0.0.0", show_default=True, help="Address the three endpoints listen on.")
 @click.option("--http-port", type=int, default=8000, show_default=True)
 @click.option("--grpc-port", type=int, default=8001, show_default=True)
 @click.option("--metrics-port", type=int, default=8002, show_default=True, help="Prometheus metrics port.")
-@click.option("--max-batch", type=int, default=1024, show_default=True,
+@click.option("--max-batch", type=int, default=_repository_default("max_batch"), show_default=True,
               help="Triton's max_batch_size: the largest request, and the largest batch dynamic batching forms.")
 @click.option("--instances", type=int, default=None,
               help="Model instances, each its own Classifier, run concurrently (default: one per CPU core, at most 4).")
-@click.option("--preferred-batch", type=int, default=64, show_default=True,
+@click.option("--preferred-batch", type=int, default=_repository_default("preferred_batch"), show_default=True,
               help="Dynamic batching's preferred batch size.")
-@click.option("--queue-delay-us", type=int, default=100, show_default=True,
+@click.option("--queue-delay-us", type=int, default=_repository_default("queue_delay_us"), show_default=True,
               help="Dynamic batching's longest wait for a fuller batch, microseconds.")
 @click.option("--drain-timeout", type=int, default=5, show_default=True,
               help="On SIGINT/SIGTERM, seconds Triton waits for in-flight requests and open connections.")

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from exporters.targets import DEFAULTS as REPOSITORY_DEFAULTS
 from exporters.triton import check_model_name, io_spec
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -38,18 +39,20 @@ class ServeError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServeOptions:
-    """What ``lenet-tool serve`` takes (defaults are the CLI's)."""
+    """What ``lenet-tool serve`` takes (the CLI's defaults are these). Name, batch size and dynamic
+    batching default to what ``export --target triton`` writes, so the served model and the
+    exported repository agree unless asked otherwise."""
 
-    model_name: str = "lenet"
+    model_name: str = REPOSITORY_DEFAULTS["model_name"]
     backend: str = "auto"
     address: str = "0.0.0.0"
     http_port: int = DEFAULT_PORTS["http"]
     grpc_port: int = DEFAULT_PORTS["grpc"]
     metrics_port: int = DEFAULT_PORTS["metrics"]
-    max_batch: int = 1024
+    max_batch: int = REPOSITORY_DEFAULTS["max_batch"]
     instances: int | None = None  # None: one per CPU core, at most 4 (see resolved())
-    preferred_batch: int = 64
-    queue_delay_us: int = 100
+    preferred_batch: int = REPOSITORY_DEFAULTS["preferred_batch"]
+    queue_delay_us: int = REPOSITORY_DEFAULTS["queue_delay_us"]
     drain_timeout: int = 5
     threads: int | None = None
 
