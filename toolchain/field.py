@@ -199,6 +199,12 @@ def colourise(gray: torch.Tensor, generator: torch.Generator | None = None) -> t
     return (gray.unsqueeze(-1) * tint.view(n, 1, 1, 3)).clamp(0, 1)
 
 
+def field_outlier_kinds(glyphs: bool) -> list[str]:
+    """The non-digit families :func:`make_field_outliers` draws (``printed-letters`` only with ``glyphs``)."""
+    return ["chimeras", "tiles", "noise", "blank", "blots", "crossing-lines", "object-edges"] + (
+        ["printed-letters"] if glyphs else [])
+
+
 def make_field_outliers(x: torch.Tensor, generator: torch.Generator | None = None,
                         labels: torch.Tensor | None = None, glyphs: bool = False) -> torch.Tensor:
     """Non-digits for the field's outlier exposure, light on dark ``(N, 1, 28, 28)`` like ``x``.

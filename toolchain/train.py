@@ -253,9 +253,6 @@ FIELD_OUTLIER_SHARE = 0.8
 #: handwritten: with printed letters among the non-digits, the model must learn the letters' shapes,
 #: not that print is no digit. 0.1 was chosen on the held-out split's renderings (docs/field.md).
 PRINTED_SHARE = 0.1
-#: The non-digit families of the field bank (:func:`toolchain.field.make_field_outliers`).
-FIELD_OUTLIER_KINDS = ("chimeras", "tiles", "noise", "blank", "blots", "crossing-lines", "object-edges",
-                       "printed-letters")
 
 
 @dataclass
@@ -426,6 +423,7 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
     device = resolve_device(cfg.device)
     _seed_all(cfg)
     env = environment_report(device)
+    from .field import field_outlier_kinds
     tr_idx, ho_idx = split_indices(len(train), cfg.holdout_fraction, cfg.seed)
     # Printed letters as non-digits and printed digits as digits are digit knowledge: a dataset of
     # letters or clothing must not be taught that an 'A' is nothing or that a printed '3' is class 3.
@@ -462,8 +460,8 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
         "torch_version": str(torch.__version__),
         "calibration": None,
         # What the field's outlier exposure showed the model, for the reports' "seen in training".
-        "field_outliers": [k for k in FIELD_OUTLIER_KINDS if printed or k != "printed-letters"]
-        if cfg.field_fraction > 0 and cfg.outlier_fraction > 0 else [],
+        "field_outliers": field_outlier_kinds(glyphs=printed) if cfg.field_fraction > 0 and cfg.outlier_fraction > 0
+        else [],
         "printed_digits": printed,
     }
     history: list[dict[str, float]] = []
