@@ -28,7 +28,11 @@ or a reason per crop from :func:`preprocess_batch`:
 
 - ``no-ink``: nothing stands out from the background and its noise, or too little of it;
 - ``several-blobs``: another blob, away from the digit, holds at least half as much ink;
-- ``touches-borders``: the digit's ink touches all four borders (not a crop of one digit).
+- ``touches-borders``: the only ink touches three or four borders (a bezel, a shadow, the
+  paper's edge; a digit cropped too tight). Such a component is never taken for the digit
+  while another one is there, however much more ink it holds;
+- ``solid-ink``: a background tile is covered by ink (:func:`solid_tiles`): a blot or another
+  object, which the flattening would hollow into a ring or a bar, a fair '0' or '1'.
 
 :mod:`toolchain.field` holds the torch twin of this module that training runs on the GPU
 or CPU; a test holds the two to the same frames.
@@ -62,6 +66,8 @@ TILE_PERCENTILE = 10.0
 GRID = 24
 #: Components within this many cells of the digit's are part of it.
 REACH = 2
+#: Ink that touches this many of the crop's four borders is the scene, not a digit.
+SPANS = 3
 #: A far blob with at least this share of the digit's ink makes the crop ambiguous.
 RIVAL_SHARE = 0.5
 OTSU_BINS = 64
@@ -69,11 +75,13 @@ LEVEL_BINS = 128
 #: Ink must stand this many robust sigmas above the background, and at least MIN_CONTRAST.
 NOISE_SIGMAS = 4.0
 MIN_CONTRAST = 0.04
+#: A background tile this share of the ink's height above the light's plane is solid ink.
+SOLID_SHARE = 1.0
 #: Ink spans fewer working pixels than this: a speck, not a digit.
 MIN_EXTENT = 3.0
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's convert("L")
 
-REASONS = ("no-ink", "several-blobs", "touches-borders")
+REASONS = ("no-ink", "several-blobs", "touches-borders", "solid-ink")
 
 
 class PreprocessError(ValueError):
@@ -205,15 +213,63 @@ def tiles_for(size: int, most: int = 4) -> tuple[int, int]:
     return t, size // t
 
 
-def tile_levels(x: np.ndarray, most: int, qs: tuple[float, ...], extrapolate: bool = False) -> list[np.ndarray]:
+def tile_values(x: np.ndarray, most: int, qs: tuple[float, ...]) -> list[np.ndarray]:
     """For each quantile in ``qs``: that quantile of each of at most ``most`` x ``most`` tiles
-    of ``(N, H, W)``, bilinearly interpolated to every pixel."""
+    of ``(N, H, W)``, as ``(N, ty, tx)``."""
     n, h, w = x.shape
     ty, sy = tiles_for(h, most)
     tx, sx = tiles_for(w, most)
     t = x[:, :ty * sy, :tx * sx].reshape(n, ty, sy, tx, sx).transpose(0, 1, 3, 2, 4).reshape(n * ty * tx, sy * sx)
-    iy, ix = _tile_interp(h, ty, sy, extrapolate), _tile_interp(w, tx, sx, extrapolate)
-    return [iy @ v.reshape(n, ty, tx) @ ix.T for v in kth_many(t, qs)]
+    return [v.reshape(n, ty, tx) for v in kth_many(t, qs)]
+
+
+def interpolate_tiles(v: np.ndarray, h: int, w: int, extrapolate: bool = False) -> np.ndarray:
+    """Tile values ``(N, ty, tx)`` of an ``(H, W)`` image, bilinearly interpolated to every pixel."""
+    ty, tx = v.shape[1:]
+    iy = _tile_interp(h, ty, tiles_for(h, ty)[1], extrapolate)
+    ix = _tile_interp(w, tx, tiles_for(w, tx)[1], extrapolate)
+    return iy @ v @ ix.T
+
+
+def tile_levels(x: np.ndarray, most: int, qs: tuple[float, ...], extrapolate: bool = False) -> list[np.ndarray]:
+    """For each quantile in ``qs``: that quantile of each of at most ``most`` x ``most`` tiles
+    of ``(N, H, W)``, bilinearly interpolated to every pixel."""
+    h, w = x.shape[1:]
+    return [interpolate_tiles(v, h, w, extrapolate) for v in tile_values(x, most, qs)]
+
+
+def solid_tiles(paper: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """bool ``(N,)``: a background tile is covered by solid ink (a blot, another object).
+
+    ``paper`` ``(N, ty, tx)`` is each tile's paper level with the ink as the positive
+    direction, ``level`` the ink's median height above the paper. Light varies smoothly, so a
+    plane fitted to the tiles' levels, refitted without the quarter that stand highest above
+    it, models the paper; a tile that stands more than :data:`SOLID_SHARE` of the ink's height
+    above that plane is ink, which the local flattening hid (it hollows a blot into a ring and
+    turns an object's edge into a bar, a fair '0' and '1'). Fewer than nine tiles: never.
+    """
+    n, ty, tx = paper.shape
+    k = ty * tx
+    if k < 9:
+        return np.zeros(n, dtype=bool)
+    a, a_pinv = plane_design(ty, tx)
+    v = paper.reshape(n, k).astype(np.float64)
+    first = v - (v @ a_pinv.T) @ a.T
+    wgt = np.ones((n, k), dtype=np.float64)
+    wgt[np.arange(n)[:, None], np.argsort(first, axis=1, kind="stable")[:, k - k // 4:]] = 0.0
+    lhs = np.einsum("nk,ki,kj->nij", wgt, a, a)
+    rhs = np.einsum("nk,ki,nk->ni", wgt, a, v)
+    coef = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    above = (v - coef @ a.T).max(axis=1)
+    return above > SOLID_SHARE * level.astype(np.float64)
+
+
+@lru_cache(maxsize=16)
+def plane_design(ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ty * tx, 3)``: 1, row and column of each tile, for a least-squares plane, and its pseudo-inverse."""
+    gy, gx = np.mgrid[0:ty, 0:tx]
+    a = np.stack([np.ones(ty * tx), gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+    return a, np.linalg.pinv(a)
 
 
 def dark_ink(x: np.ndarray) -> np.ndarray:
@@ -325,14 +381,18 @@ def resample_weights(center: np.ndarray, scale: np.ndarray, size: int) -> np.nda
 
 def _segment(x: np.ndarray, tile: int | None = None) -> tuple[np.ndarray, ...]:
     """Steps 2-4a on gray ``(N, H, W)``: polarity, flattened background, the smoothed image and its
-    ink mask, with the background level, the noise (raw and smoothed) and the smoothed peak."""
+    ink mask, with the background level, the noise (raw and smoothed), the smoothed peak and the
+    background tiles' paper levels (ink positive)."""
     n, h, w = x.shape
     # Global statistics from every other pixel of every other row: as good, a quarter of the work.
     # The paper under light ink is a low percentile of each tile, under dark ink a high one.
     dark = dark_ink(x)
     most = 4 if tile is None else max(1, max(h, w) // tile)
-    bg_lo, bg_hi = tile_levels(x, most, (TILE_PERCENTILE / 100, 1 - TILE_PERCENTILE / 100))
+    t_lo, t_hi = tile_values(x, most, (TILE_PERCENTILE / 100, 1 - TILE_PERCENTILE / 100))
+    bg_lo, bg_hi = interpolate_tiles(t_lo, h, w), interpolate_tiles(t_hi, h, w)
     flat = np.where(dark[:, None, None], bg_hi - x, x - bg_lo)
+    # Each tile's paper with the ink as the positive direction (1 - x under dark ink).
+    paper = np.where(dark[:, None, None], 1.0 - t_hi, t_lo)
     f = flat[:, ::2, ::2].reshape(n, -1)
     base = kth(f, 0.5)
     sigma = kth(np.abs(f - base[:, None]), 0.5) * np.float32(1.4826)
@@ -345,7 +405,7 @@ def _segment(x: np.ndarray, tile: int | None = None) -> tuple[np.ndarray, ...]:
     top = np.maximum(smf.max(axis=1), np.float32(1e-6))
     thr = np.maximum(otsu(np.maximum(smf, 0), top), base_s + NOISE_SIGMAS * sigma_s)
     mask = sm > thr[:, None, None]
-    return flat, sm, mask, base, sigma, base_s, sigma_s, top
+    return flat, sm, mask, base, sigma, base_s, sigma_s, top, paper
 
 
 def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -354,7 +414,7 @@ def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Reason codes: 0 ok, then 1 + the index in :data:`REASONS`.
     """
     n, h, w = x.shape
-    flat, sm, mask, base, sigma, base_s, sigma_s, top = _segment(x)
+    flat, sm, mask, base, sigma, base_s, sigma_s, top, paper = _segment(x)
     contrast_ok = (top - base_s) >= np.maximum(np.float32(MIN_CONTRAST), 1.5 * NOISE_SIGMAS * sigma_s)
 
 
@@ -370,7 +430,16 @@ def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     rows = np.arange(n)[:, None]
     mass = np.bincount((lab.reshape(n, big) + rows * (big + 1)).ravel(), weights=cell_mass.reshape(n, big).ravel(),
                        minlength=n * (big + 1)).reshape(n, big + 1)[:, :big]
-    main = mass.argmax(axis=1)
+    # The borders each component touches: one that spans three of them (a dark bezel, the
+    # paper's edge, a shadow along a side) is the scene around the digit, never the digit while
+    # another component is there, however much more ink it holds; alone, it is refused.
+    sides = np.zeros((n, big + 1), dtype=np.int64)
+    for border in (lab[:, 0, :], lab[:, (h - 1) // c, :], lab[:, :, 0], lab[:, :, (w - 1) // c]):
+        hit = np.zeros((n, big + 1), dtype=bool)
+        hit[rows, border] = True
+        sides += hit
+    candidate = np.where(sides[:, :big] >= SPANS, -1.0, mass)
+    main = np.where(candidate.max(axis=1) > 0, candidate.argmax(axis=1), mass.argmax(axis=1))
     is_main = lab == main[:, None, None]
     near = dilate_cells(is_main, REACH) & on
     table = np.zeros((n, big + 1), dtype=bool)
@@ -388,11 +457,7 @@ def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = np.take_along_axis(keep_label, lab.reshape(n, big), axis=1).reshape(n, gh, gw)
     main_mass = mass[np.arange(n), main]
     rival = (~keep_label[:, :big] & ~touch[:, :big] & (mass >= RIVAL_SHARE * main_mass[:, None])).any(axis=1)
-    m_top = (is_main[:, 0, :]).any(axis=1)
-    m_bot = (is_main[:, (h - 1) // c, :]).any(axis=1)
-    m_left = (is_main[:, :, 0]).any(axis=1)
-    m_right = (is_main[:, :, (w - 1) // c]).any(axis=1)
-    all_borders = m_top & m_bot & m_left & m_right
+    all_borders = sides[np.arange(n), main] >= SPANS
 
     # Ink level: the median of the kept ink pixels, from a histogram (the same in torch).
     region = dilate_cells(keep, 1).repeat(c, axis=1).repeat(c, axis=2)[:, :h, :w]
@@ -425,6 +490,7 @@ def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     out = out / np.where(peak > 0, peak, 1.0)[:, None, None]
 
     code = np.zeros(n, dtype=np.int64)
+    code[solid_tiles(paper, level)] = 4
     code[all_borders] = 3
     code[rival] = 2
     code[~(contrast_ok & ok_mass & on.any(axis=(1, 2)))] = 1
@@ -437,7 +503,10 @@ def _messages(code: int, shape: tuple[int, ...]) -> str:
         1: f"crop of shape {shape} has no ink: nothing stands out from the background and its noise; "
            "expected a digit darker or lighter than its paper",
         2: f"crop of shape {shape} holds several separate blobs of ink: expected one digit (crop closer to it)",
-        3: f"crop of shape {shape}: the ink touches all four borders: expected one digit with some paper around it",
+        3: f"crop of shape {shape}: the ink touches three or four borders (a bezel, the paper's edge or a digit "
+           "cropped too tight): expected one digit with some paper around it",
+        4: f"crop of shape {shape} holds solid ink as large as a background tile (a blot or another object): "
+           "expected a digit's strokes on paper",
     }[code]
 
 
@@ -532,7 +601,7 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     full = x[0]
     f = max(1, max(full.shape) // FRAME_WORK)  # as reduce_to_work picks it
     work = reduce_to_work(x, FRAME_WORK)
-    _, _, mask, _, _, base_s, sigma_s, top = _segment(work, FRAME_TILE)
+    _, _, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE)
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
         return []
     lab = label_cells(mask)[0]

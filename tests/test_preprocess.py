@@ -124,6 +124,21 @@ def test_speck_and_border_clutter_are_dropped(digits):
     assert np.abs(preprocess(u8(c)).astype(int) - ref.astype(int)).mean() < 2
 
 
+def test_a_dark_band_along_a_border_is_not_the_digit(digits):
+    """A bezel or the paper's edge along one side holds more ink than the digit: it used to be
+    taken for the digit (a confident '1') or to make the digit a rival blob."""
+    good = 0
+    for d in digits[0][:30]:
+        ref = preprocess(u8(camera(d)))
+        c = camera(d)
+        c[:, -7:] = 25  # a tenth of the width, darker than the ink
+        try:
+            good += close(preprocess(u8(c)), ref) > 0.9
+        except PreprocessError as e:
+            assert e.reason == "touches-borders"  # the digit runs into the band: refused, never misread
+    assert good >= 26, good
+
+
 @pytest.mark.parametrize("make, reason, message", [
     (lambda d: np.full((40, 40), 180, np.uint8), "no-ink", r"crop of shape \(40, 40\) has no ink"),
     (lambda d: u8(np.random.default_rng(0).normal(128, 3, (40, 40))), "no-ink", "has no ink"),
@@ -131,7 +146,14 @@ def test_speck_and_border_clutter_are_dropped(digits):
      "several-blobs", r"crop of shape \(72, 128\) holds several separate blobs of ink: expected one digit"),
     (lambda d: u8(np.where((np.abs(np.arange(40)[:, None] - 20) < 2) | (np.abs(np.arange(40)[None, :] - 17) < 2),
                            30, 200)),
-     "touches-borders", "the ink touches all four borders"),
+     "touches-borders", r"the ink touches three or four borders \(a bezel, the paper's edge or a digit cropped too "
+                        r"tight\): expected one digit with some paper around it"),
+    (lambda d: np.where(np.arange(64)[None, :] >= 52, 25, 200).astype(np.uint8) + np.zeros((64, 1), np.uint8),
+     "touches-borders", r"crop of shape \(64, 64\): the ink touches three or four borders"),
+    (lambda d: np.where(((np.arange(64)[None, :] - 32) / 22) ** 2 + ((np.arange(64)[:, None] - 30) / 18) ** 2 <= 1,
+                        40, 200).astype(np.uint8),
+     "solid-ink", r"crop of shape \(64, 64\) holds solid ink as large as a background tile \(a blot or another "
+                  r"object\): expected a digit's strokes on paper"),
 ])
 def test_refusals_are_typed_and_pinned(digits, make, reason, message):
     crop = make(digits[0][1])

@@ -291,15 +291,44 @@ def _box3(x: torch.Tensor) -> torch.Tensor:
     return (r[:, :, :-2] + r[:, :, 1:-1] + r[:, :, 2:]) * np.float32(1 / 9)
 
 
-def _tile_levels(x: torch.Tensor, most: int, qs: tuple[float, ...], extrapolate: bool = False
-                 ) -> list[torch.Tensor]:
+def _tile_values(x: torch.Tensor, most: int, qs: tuple[float, ...]) -> list[torch.Tensor]:
     n, h, w = x.shape
     ty, sy = P.tiles_for(h, most)
     tx, sx = P.tiles_for(w, most)
     t = x[:, :ty * sy, :tx * sx].reshape(n, ty, sy, tx, sx).permute(0, 1, 3, 2, 4).reshape(n * ty * tx, sy * sx)
-    iy = torch.from_numpy(P._tile_interp(h, ty, sy, extrapolate)).to(x.device)
-    ix = torch.from_numpy(P._tile_interp(w, tx, sx, extrapolate)).to(x.device)
-    return [iy @ _kth(t, q).reshape(n, ty, tx) @ ix.T for q in qs]
+    return [_kth(t, q).reshape(n, ty, tx) for q in qs]
+
+
+def _interpolate(v: torch.Tensor, h: int, w: int, extrapolate: bool = False) -> torch.Tensor:
+    ty, tx = v.shape[1:]
+    iy = torch.from_numpy(P._tile_interp(h, ty, P.tiles_for(h, ty)[1], extrapolate)).to(v.device)
+    ix = torch.from_numpy(P._tile_interp(w, tx, P.tiles_for(w, tx)[1], extrapolate)).to(v.device)
+    return iy @ v @ ix.T
+
+
+def _tile_levels(x: torch.Tensor, most: int, qs: tuple[float, ...], extrapolate: bool = False
+                 ) -> list[torch.Tensor]:
+    h, w = x.shape[1:]
+    return [_interpolate(v, h, w, extrapolate) for v in _tile_values(x, most, qs)]
+
+
+def _solid_tiles(paper: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """``runtime.preprocess.solid_tiles`` in torch."""
+    n, ty, tx = paper.shape
+    k = ty * tx
+    if k < 9:
+        return torch.zeros(n, dtype=torch.bool, device=paper.device)
+    a_np, pinv_np = P.plane_design(ty, tx)
+    a, a_pinv = torch.from_numpy(a_np).to(paper.device), torch.from_numpy(pinv_np).to(paper.device)
+    v = paper.reshape(n, k).double()
+    first = v - (v @ a_pinv.T) @ a.T
+    wgt = torch.ones(n, k, dtype=torch.float64, device=paper.device)
+    wgt.scatter_(1, torch.sort(first, dim=1, stable=True).indices[:, k - k // 4:], 0.0)
+    lhs = torch.einsum("nk,ki,kj->nij", wgt, a, a)
+    rhs = torch.einsum("nk,ki,nk->ni", wgt, a, v)
+    coef = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
+    above = (v - coef @ a.T).amax(1)
+    return above > P.SOLID_SHARE * level.double()
 
 
 def _otsu(x: torch.Tensor, top: torch.Tensor, bins: int = P.OTSU_BINS) -> torch.Tensor:
@@ -349,11 +378,12 @@ def _reduce(x: torch.Tensor) -> torch.Tensor:
     return y.reshape(n, hh, ww, f).sum(3) * np.float32(1 / (f * f))
 
 
-def preprocess_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def preprocess_torch(x: torch.Tensor, solid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``runtime.preprocess``'s pipeline on gray float32 crops ``(N, H, W)`` in [0, 1], on their device.
 
     Returns ([0, 1] frames ``(N, 28, 28)``, reason codes ``(N,)``: 0 ok, else 1 + the index
-    in ``runtime.preprocess.REASONS``; refused frames are zero).
+    in ``runtime.preprocess.REASONS``; refused frames are zero). ``solid=False`` skips the
+    ``solid-ink`` refusal (training keeps those frames: see :func:`field_frames`).
     """
     x = _reduce(x.float())
     n, h, w = x.shape
@@ -361,8 +391,10 @@ def preprocess_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     (mid,) = _tile_levels(x, 2, (0.5,), extrapolate=True)
     r = (x - mid)[:, ::2, ::2].reshape(n, -1)
     dark_ink = -_kth(r, 0.01) > _kth(r, 0.99)
-    bg_lo, bg_hi = _tile_levels(x, 4, (P.TILE_PERCENTILE / 100, 1 - P.TILE_PERCENTILE / 100))
+    t_lo, t_hi = _tile_values(x, 4, (P.TILE_PERCENTILE / 100, 1 - P.TILE_PERCENTILE / 100))
+    bg_lo, bg_hi = _interpolate(t_lo, h, w), _interpolate(t_hi, h, w)
     flat = torch.where(dark_ink.view(n, 1, 1), bg_hi - x, x - bg_lo)
+    paper = torch.where(dark_ink.view(n, 1, 1), 1.0 - t_hi, t_lo)
     f = flat[:, ::2, ::2].reshape(n, -1)
     base = _kth(f, 0.5)
     sigma = _kth((f - base[:, None]).abs(), 0.5) * np.float32(1.4826)
@@ -388,7 +420,11 @@ def preprocess_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mass = torch.zeros(n * (big + 1), dtype=torch.float64, device=dev)
     mass.index_add_(0, (lab.reshape(n, big) + rows * (big + 1)).reshape(-1), cell_mass.reshape(-1).double())
     mass = mass.view(n, big + 1)[:, :big]
-    main = mass.argmax(1)
+    sides = torch.zeros(n, big + 1, dtype=torch.int64, device=dev)
+    for border in (lab[:, 0, :], lab[:, (h - 1) // c, :], lab[:, :, 0], lab[:, :, (w - 1) // c]):
+        sides += torch.zeros(n, big + 1, dtype=torch.int64, device=dev).scatter_(1, border, 1)
+    candidate = torch.where(sides[:, :big] >= P.SPANS, -1.0, mass)
+    main = torch.where(candidate.amax(1) > 0, candidate.argmax(1), mass.argmax(1))
     is_main = lab == main.view(n, 1, 1)
     near = _dilate(is_main, P.REACH) & on
 
@@ -408,8 +444,7 @@ def preprocess_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.gather(keep_label, 1, lab.reshape(n, big)).view(n, gh, gw)
     main_mass = mass.gather(1, main.view(n, 1))
     rival = (~keep_label[:, :big] & ~touch[:, :big] & (mass >= P.RIVAL_SHARE * main_mass)).any(1)
-    all_borders = (is_main[:, 0, :].any(1) & is_main[:, (h - 1) // c, :].any(1) & is_main[:, :, 0].any(1)
-                   & is_main[:, :, (w - 1) // c].any(1))
+    all_borders = sides.gather(1, main.view(n, 1)).view(n) >= P.SPANS
 
     region = _dilate(keep, 1).repeat_interleave(c, 1).repeat_interleave(c, 2)[:, :h, :w]
     kept_mask = mask & keep.repeat_interleave(c, 1).repeat_interleave(c, 2)[:, :h, :w]
@@ -444,6 +479,8 @@ def preprocess_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     out = out / torch.where(peak > 0, peak, 1.0).view(n, 1, 1)
 
     code = torch.zeros(n, dtype=torch.int64, device=dev)
+    if solid:
+        code[_solid_tiles(paper, level)] = 4
     code[all_borders] = 3
     code[rival] = 2
     code[~(contrast_ok & ok_mass & on.any(2).any(1))] = 1
@@ -451,12 +488,17 @@ def preprocess_torch(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return out, code
 
 
-def field_frames(digits: torch.Tensor, level: FieldLevel, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def field_frames(digits: torch.Tensor, level: FieldLevel, generator: torch.Generator | None = None,
+                 solid: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Digits ``(N, 1, 28, 28)`` in [0, 1] -> what a device would make of them: frames
-    ``(N, 1, 28, 28)`` in [0, 1] (quantised to 256 levels) and the reason codes (0 ok)."""
+    ``(N, 1, 28, 28)`` in [0, 1] (quantised to 256 levels) and the reason codes (0 ok).
+
+    Training passes ``solid=False``: a blot the device refuses as solid ink still trains as a
+    hollowed ring among the outliers, so the model refuses the rings the check cannot judge
+    (crops under 36 pixels a side); calibration keeps the device's refusals.
+    """
     crops = render(digits, level, generator)
-    frames, code = preprocess_torch(crops)
+    frames, code = preprocess_torch(crops, solid)
     return (torch.round(frames * 255) / 255).unsqueeze(1), code
 
 
