@@ -1,0 +1,67 @@
+"""Digits beside a dark band along one border of the crop (a meter's bezel, the paper's edge, a
+shadow): what the device decides, crop by crop, through ``runtime.preprocess`` and the model.
+
+    python benchmarks/border_band.py [ARTIFACT] [--images 200]
+
+Each of the first N test digits is shot as a "clean" camera crop (64x64, dark ink on grey
+paper; :data:`toolchain.field.CLEAN`, seed 11), then the rightmost columns are painted darker
+than the ink, from none to 30% of the width. A band that holds more ink than the digit used to
+be taken for the digit (a confident '1'); the table shows how many crops are read right, read
+wrong, or refused by the preprocessing or the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime import Classifier, preprocess_batch  # noqa: E402
+from toolchain import field  # noqa: E402
+from toolchain.data import embedded_mnist  # noqa: E402
+from toolchain.fieldbench import render_crops  # noqa: E402
+
+SHARES = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
+BAND = 25  # grey level of the band: darker than the clean level's ink
+
+
+def run(artifact: Path, n: int) -> list[dict[str, float]]:
+    """Per band width: crops read right, read wrong, refused by the preprocessing, by the gate."""
+    clf = Classifier(artifact / "model.onnx")
+    test = embedded_mnist("test")
+    crops = render_crops(test.images[:n], field.CLEAN, 11)
+    labels = test.labels[:n]
+    rows = []
+    for share in SHARES:
+        c = crops.copy()
+        k = int(round(share * c.shape[2]))
+        if k:
+            c[:, :, -k:] = BAND
+        frames = preprocess_batch(c)
+        ok = frames.ok
+        p = clf.predict(frames.images[ok])
+        right = int((p.accepted & (p.labels == labels[ok])).sum())
+        wrong = int((p.accepted & (p.labels != labels[ok])).sum())
+        rows.append({"share": share, "right": right, "wrong": wrong, "preprocess_refused": int((~ok).sum()),
+                     "gate_refused": int(ok.sum()) - right - wrong})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifact", nargs="?", default=str(ROOT / "artifacts" / "lenet"))
+    ap.add_argument("--images", type=int, default=200)
+    args = ap.parse_args()
+    rows = run(Path(args.artifact), args.images)
+    print(f"{'band':>5} {'read right':>11} {'read wrong':>11} {'refused (prep)':>15} {'refused (gate)':>15}"
+          f"   of {args.images} crops")
+    for r in rows:
+        print(f"{100 * r['share']:>4.0f}% {r['right']:>11} {r['wrong']:>11} {r['preprocess_refused']:>15} "
+              f"{r['gate_refused']:>15}")
+
+
+if __name__ == "__main__":
+    main()
