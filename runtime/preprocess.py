@@ -444,12 +444,8 @@ def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     near = dilate_cells(is_main, REACH) & on
     table = np.zeros((n, big + 1), dtype=bool)
     table[np.broadcast_to(rows, (n, big))[near.reshape(n, big)], lab.reshape(n, big)[near.reshape(n, big)]] = True
-    edge = np.zeros((gh, gw), dtype=bool)
-    edge[[0, (h - 1) // c], :] = True
-    edge[:, [0, (w - 1) // c]] = True
-    touch = np.zeros((n, big + 1), dtype=bool)
-    edge_hit = on & edge[None]
-    touch[np.broadcast_to(rows, (n, big))[edge_hit.reshape(n, big)], lab.reshape(n, big)[edge_hit.reshape(n, big)]] = True
+    touch = sides > 0  # components on any border (the off cells' label, big, is none)
+    touch[:, big] = False
     main_onehot = np.zeros((n, big + 1), dtype=bool)
     main_onehot[np.arange(n), main] = True
     keep_label = (table & ~touch) | main_onehot

@@ -434,10 +434,8 @@ def preprocess_torch(x: torch.Tensor, solid: bool = True) -> tuple[torch.Tensor,
         return t.view(n, big + 1)
 
     table = labels_where(near)
-    edge = torch.zeros(gh, gw, dtype=torch.bool, device=dev)
-    edge[[0, (h - 1) // c], :] = True
-    edge[:, [0, (w - 1) // c]] = True
-    touch = labels_where(on & edge)
+    touch = sides > 0
+    touch[:, big] = False
     main_onehot = F.one_hot(main, big + 1).bool()
     keep_label = (table & ~touch) | main_onehot
     keep_label[:, big] = False
