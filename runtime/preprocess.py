@@ -379,14 +379,15 @@ def resample_weights(center: np.ndarray, scale: np.ndarray, size: int) -> np.nda
 
 # --------------------------------------------------------------------------- the pipeline
 
-def _segment(x: np.ndarray, tile: int | None = None) -> tuple[np.ndarray, ...]:
-    """Steps 2-4a on gray ``(N, H, W)``: polarity, flattened background, the smoothed image and its
-    ink mask, with the background level, the noise (raw and smoothed), the smoothed peak and the
-    background tiles' paper levels (ink positive)."""
+def _segment(x: np.ndarray, tile: int | None = None, dark: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Steps 2-4a on gray ``(N, H, W)``: polarity (``dark``, bool ``(N,)``, when not given),
+    flattened background, the smoothed image and its ink mask, with the background level, the
+    noise (raw and smoothed), the smoothed peak and the background tiles' paper levels (ink positive)."""
     n, h, w = x.shape
     # Global statistics from every other pixel of every other row: as good, a quarter of the work.
     # The paper under light ink is a low percentile of each tile, under dark ink a high one.
-    dark = dark_ink(x)
+    if dark is None:
+        dark = dark_ink(x)
     most = 4 if tile is None else max(1, max(h, w) // tile)
     t_lo, t_hi = tile_values(x, most, (TILE_PERCENTILE / 100, 1 - TILE_PERCENTILE / 100))
     bg_lo, bg_hi = interpolate_tiles(t_lo, h, w), interpolate_tiles(t_hi, h, w)
@@ -579,16 +580,100 @@ class Digit:
     refusal: str | None = None
 
 
+def component_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """8-connected components of a boolean ``(H, W)``: the label image (as
+    :func:`label_cells`), the labels in use ``(K,)`` and their boxes ``(K, 4)`` (x0, y0, x1, y1;
+    x1, y1 exclusive)."""
+    lab = label_cells(mask[None])[0]
+    ys, xs = np.nonzero(lab < mask.size)
+    if len(ys) == 0:
+        return lab, np.zeros(0, dtype=lab.dtype), np.zeros((0, 4), dtype=np.int64)
+    ids = lab[ys, xs]
+    order = np.argsort(ids, kind="stable")
+    ids, ys, xs = ids[order], ys[order], xs[order]
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    boxes = np.stack([np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts),
+                      np.maximum.reduceat(xs, starts) + 1, np.maximum.reduceat(ys, starts) + 1], axis=1)
+    return lab, ids[starts], boxes.astype(np.int64)
+
+
+def is_scene(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``(K,)``: the boxes of ink that touches :data:`SPANS` borders of an ``(H, W)`` frame
+    or runs from one border to the opposite one: a bezel, the table beyond the paper, a fold,
+    a ruling; never a digit, which has paper around it."""
+    h, w = shape
+    x0, y0, x1, y1 = boxes.T
+    sides = (x0 == 0).astype(int) + (y0 == 0) + (x1 >= w) + (y1 >= h)
+    return (sides >= SPANS) | ((x0 == 0) & (x1 >= w)) | ((y0 == 0) & (y1 >= h))
+
+
+def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 0.25) -> np.ndarray:
+    """The components' boxes ``(K, 4)`` (x0, y0, x1, y1; x1, y1 exclusive) of an ``(H, W)`` frame
+    that may be pieces of digits, in their order.
+
+    The scene is dropped first: ink that touches :data:`SPANS` borders (a meter's bezel, the
+    table beyond the paper's edge) or runs from one border to the opposite one (a fold, a
+    ruling, the paper's edge) is never a digit, which has paper around it. Then lines: a piece
+    over four times as wide as tall and wider than 1.5 digit heights (an underline, a table's
+    ruling; no digit is that wide, and a detached bar of a '5' or '7' is narrower); then
+    frames: a piece whose box holds another piece's box (a box drawn around a form field).
+    A digit's height is the tallest piece left that is no wider than twice its height;
+    pieces shorter than ``min_height`` of it are specks.
+    """
+    b = boxes[~is_scene(boxes, shape)]
+    if len(b) == 0:
+        return b
+    bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    shaped = bw <= 2 * bh
+    tall = bh[shaped].max() if shaped.any() else bh.max()
+    b = b[(bw <= 4 * bh) | (bw <= 1.5 * tall)]
+    bh = b[:, 3] - b[:, 1]
+    b = b[bh >= min_height * tall]
+    # A box holding another box (not merely touching it) is drawn around it.
+    inner = ((b[:, None, 0] < b[None, :, 0]) & (b[:, None, 1] < b[None, :, 1])
+             & (b[:, None, 2] > b[None, :, 2]) & (b[:, None, 3] > b[None, :, 3]))
+    return b[~inner.any(axis=1)]
+
+
+def _frame_pieces(work: np.ndarray, dark: np.ndarray, min_height: float) -> np.ndarray:
+    """The digit pieces' boxes (:func:`digit_pieces`) of a frame ``(1, H, W)`` at search size, its ink
+    of polarity ``dark``."""
+    _, sm, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE, dark)
+    if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
+        return np.zeros((0, 4), dtype=np.int64)
+    shape = mask.shape[1:]
+    lab, ids, boxes = component_boxes(mask[0])
+    scene = is_scene(boxes, shape)
+    if scene.any():
+        # The scene's dark (a bezel, the table) holds Otsu's level between itself and the ink,
+        # and a faint digit then breaks into specks: threshold again without it.
+        hide = dilate_cells(np.isin(lab, ids[scene])[None], 2)[0]
+        rest = np.where(hide, base_s[0], sm[0])
+        peak = np.array([max(float(rest.max()), 1e-6)], dtype=np.float32)
+        thr = max(float(otsu(np.maximum(rest, 0).reshape(1, -1), peak)[0]),
+                  float(base_s[0] + NOISE_SIGMAS * sigma_s[0]))
+        _, _, boxes = component_boxes((rest > thr) & ~hide)
+    return digit_pieces(boxes, shape, min_height)
+
+
 def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, margin: float = 0.2,
                 max_digits: int = 64) -> list[Digit]:
     """The digits of a camera frame (a meter, a form field), left to right.
 
     Ink is segmented as in :func:`preprocess` (flattened background, Otsu above the noise) on
     the frame block-averaged to at most :data:`FRAME_WORK` pixels a side and grouped into
-    8-connected components; pieces that overlap in x by half the narrower's width are one digit
-    (a broken stroke, an 'i'-like gap); pieces shorter than ``min_height`` of the tallest are
-    dropped as specks. Each digit's box, widened by ``margin`` of its height, is cut from the
-    full-resolution frame and run through :func:`preprocess`.
+    8-connected components. The scene around the digits is left out (:func:`digit_pieces`):
+    ink touching three borders or running from one border to the opposite one (a meter's
+    bezel, the table beyond the paper, a fold), after which the frame is thresholded again
+    without it; long lines (an underline) and boxes drawn around other ink (a form field's).
+    Digits must therefore have some paper between them and the frame's borders. When nothing
+    is left, the other polarity is read (a dark table over a quarter of the frame turns the
+    polarity test). Pieces that overlap in x by half the narrower's width are one digit (a
+    broken stroke, an 'i'-like gap); pieces shorter than ``min_height`` of the tallest digit-shaped
+    piece are dropped as specks. Each digit's box, widened by ``margin`` of its height, is cut
+    from the full-resolution frame and run through :func:`preprocess`. Device code that knows
+    how many digits a reading holds should check the count: a digit merged into the scene is
+    not found.
 
     Raises:
         ValueError: the frame is malformed (shape, dtype, values).
@@ -597,22 +682,14 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     full = x[0]
     f = max(1, max(full.shape) // FRAME_WORK)  # as reduce_to_work picks it
     work = reduce_to_work(x, FRAME_WORK)
-    _, _, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE)
-    if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
+    dark = dark_ink(work)
+    boxes = _frame_pieces(work, dark, min_height)
+    if len(boxes) == 0:
+        # A dark table or bezel over a quarter of the frame turns the polarity test (the paper
+        # beside it is then the "ink", and the scene): read the other polarity before giving up.
+        boxes = _frame_pieces(work, ~dark, min_height)
+    if len(boxes) == 0:
         return []
-    lab = label_cells(mask)[0]
-    big = mask.shape[1] * mask.shape[2]
-    ys, xs = np.nonzero(lab < big)
-    if len(ys) == 0:
-        return []
-    ids = lab[ys, xs]
-    order = np.argsort(ids, kind="stable")
-    ids, ys, xs = ids[order], ys[order], xs[order]
-    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    boxes = np.stack([np.minimum.reduceat(xs, starts), np.minimum.reduceat(ys, starts),
-                      np.maximum.reduceat(xs, starts) + 1, np.maximum.reduceat(ys, starts) + 1], axis=1)
-    heights = boxes[:, 3] - boxes[:, 1]
-    boxes = boxes[heights >= min_height * heights.max()]
     boxes = boxes[np.argsort(boxes[:, 0], kind="stable")].tolist()
     merged: list[list[int]] = []
     for b in boxes:

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -187,8 +188,10 @@ def test_batch_errors_name_the_crop():
         preprocess(np.zeros((10, 10, 3), np.uint8), channels="xyz")
 
 
-def compose(ds: np.ndarray, rng: np.random.Generator, gap: int = 14) -> tuple[np.ndarray, list[int]]:
-    """A grey frame with the digits ``ds`` written left to right, light falling off, sensor noise."""
+def compose(ds: np.ndarray, rng: np.random.Generator, gap: int = 14, ink: float = 140,
+            scene: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, list[int]]:
+    """A grey frame with the digits ``ds`` written left to right, the ``scene`` painted around
+    them, light falling off, sensor noise."""
     width = 40 + len(ds) * (56 + gap)
     frame = np.full((100, width), 190.0)
     xs = []
@@ -196,8 +199,11 @@ def compose(ds: np.ndarray, rng: np.random.Generator, gap: int = 14) -> tuple[np
         x0 = 20 + j * (56 + gap) + int(rng.integers(-4, 5))
         y0 = 20 + int(rng.integers(-8, 9))
         big = np.kron(d.astype(float) / 255, np.ones((2, 2)))
-        frame[y0:y0 + 56, x0:x0 + 56] -= 140 * big
+        frame[y0:y0 + 56, x0:x0 + 56] -= ink * big
         xs.append(x0)
+    if scene is not None:
+        frame = scene(frame)
+    width = frame.shape[1]
     frame = frame * np.linspace(0.8, 1.15, width)[None, :] + rng.normal(0, 4, frame.shape)
     frame[5:8, 8:11] = 40  # a speck
     return u8(frame), xs
@@ -220,6 +226,80 @@ def test_find_digits_on_composed_frames(digits):
             hits += close(f.image, preprocess(imgs[i])) > 0.8
     assert hits >= 0.95 * sum(1 + t % 5 for t in range(12))
     assert find_digits(np.full((50, 80), 128, np.uint8)) == []
+
+
+def _bezel(f: np.ndarray) -> np.ndarray:
+    f[:8], f[-8:], f[:, :8], f[:, -8:] = 30, 30, 30, 30
+    return f
+
+
+def _table(f: np.ndarray) -> np.ndarray:
+    return np.concatenate([f, np.full((f.shape[0], 40), 30.0)], axis=1)
+
+
+def _fold(f: np.ndarray) -> np.ndarray:
+    f[:, -12:-10] = 100
+    return f
+
+
+def _underline(f: np.ndarray) -> np.ndarray:
+    f[-12:-9, 10:-10] = 100
+    return f
+
+
+def _box(f: np.ndarray) -> np.ndarray:
+    f[4:6, 6:-6], f[-6:-4, 6:-6], f[4:-4, 6:8], f[4:-4, -8:-6] = 100, 100, 100, 100
+    return f
+
+
+def _bar(f: np.ndarray) -> np.ndarray:
+    """A dark strip below the digits (a meter's label), as tall as a quarter of a digit."""
+    g = np.concatenate([f, np.full((30, f.shape[1]), 190.0)])
+    g[102:118, 10:-10] = 100
+    return g
+
+
+SCENES = {"bezel": _bezel, "table": _table, "fold": _fold, "underline": _underline, "box": _box, "bar": _bar}
+
+
+@pytest.mark.parametrize("scene", sorted(SCENES))
+def test_find_digits_leaves_the_scene_around_the_digits(digits, scene):
+    # A meter's bezel, the table beyond the paper, a fold, a form field's underline or box: each
+    # used to be a phantom '1' or to swallow every digit into one box.
+    rng = np.random.default_rng(2)
+    imgs = digits[0]
+    hits = total = 0
+    for t in range(10):
+        k = 1 + t % 5
+        idx = rng.choice(len(imgs), k, replace=False)
+        frame, xs = compose(imgs[idx], rng, scene=SCENES[scene])
+        found = find_digits(frame)
+        assert len(found) == k, (t, [f.box for f in found])
+        for f, x0, i in zip(found, xs, idx):
+            assert abs(f.box[0] - x0) < 20
+            total += 1
+            hits += f.image is not None and close(f.image, preprocess(imgs[i])) > 0.8
+    assert hits >= 0.9 * total
+
+
+def test_a_frame_of_scene_alone_holds_no_digit():
+    frame = np.full((100, 300), 190.0)
+    for name in ("box", "underline", "bar", "fold", "bezel", "table"):  # the table beyond it all
+        frame = SCENES[name](frame)
+    found = find_digits(u8(frame + np.random.default_rng(0).normal(0, 4, frame.shape)))
+    assert [d for d in found if d.image is not None] == []  # nothing to read (a refusal at most)
+
+
+def test_faint_digits_inside_a_bezel_are_found(digits):
+    # The bezel's dark held Otsu's level above faint ink, which then broke into specks.
+    rng = np.random.default_rng(3)
+    imgs = digits[0]
+    found = 0
+    for _t in range(10):
+        idx = rng.choice(len(imgs), 3, replace=False)
+        frame, _ = compose(imgs[idx], rng, ink=45, scene=_bezel)
+        found += len(find_digits(frame)) == 3
+    assert found >= 9
 
 
 def test_importing_runtime_leaves_the_umask_alone(tmp_path):

@@ -1,0 +1,126 @@
+"""Whole frames holding a row of digits in the scenes a camera meets (a meter's bezel, the table
+beyond the paper's edge, a form field's underline or box, a fold in the paper): what a device
+reads through ``runtime.find_digits`` and the model, frame by frame.
+
+    python benchmarks/frame_scenes.py [ARTIFACT] [--frames 60] [--seed 5]
+
+Each frame holds one to five test digits (drawn from the test set with ``--seed``) at twice
+MNIST's size, dark ink on grey paper, light falling off across the frame and sensor noise,
+then the scene is painted in. A device acts on a reading only when every digit found is
+accepted, so a frame counts as read right (the digits, left to right), read wrong (every digit
+accepted, the string wrong: a missed or phantom digit, or a misread one) or refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime import Classifier, find_digits  # noqa: E402
+from toolchain.data import embedded_mnist  # noqa: E402
+
+INK, PAPER, DARK = 140.0, 190.0, 30.0
+
+
+def compose(digits: np.ndarray, rng: np.random.Generator, *, scale: int = 2, gap: int = 14,
+            pad: tuple[int, int] = (22, 22)) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A float frame with ``digits`` (uint8 light-on-dark 28x28) written left to right as dark ink
+    on grey paper, before light and noise; and the boxes they were written in."""
+    s = 28 * scale
+    width = 40 + len(digits) * (s + gap)
+    frame = np.full((pad[0] + s + pad[1], width), PAPER)
+    boxes = []
+    for j, d in enumerate(digits):
+        x0, y0 = 20 + j * (s + gap) + int(rng.integers(-2, 3)), pad[0] + int(rng.integers(-2, 3) if pad[0] > 2 else 0)
+        y0 = max(0, y0)
+        ink = np.kron(d.astype(float) / 255, np.ones((scale, scale)))[: frame.shape[0] - y0]
+        frame[y0:y0 + ink.shape[0], x0:x0 + s] -= INK * ink
+        boxes.append((x0, y0, x0 + s, y0 + s))
+    return frame, boxes
+
+
+def _bezel(f: np.ndarray) -> np.ndarray:
+    f[:8], f[-8:], f[:, :8], f[:, -8:] = DARK, DARK, DARK, DARK
+    return f
+
+
+def _table(f: np.ndarray) -> np.ndarray:
+    """The paper ends right of the digits; the table beyond it fills an eighth of the frame."""
+    return np.concatenate([f, np.full((f.shape[0], f.shape[1] // 7), DARK)], axis=1)
+
+
+def _underline(f: np.ndarray) -> np.ndarray:
+    f[-14:-11, 10:-10] = INK - 40
+    return f
+
+
+def _boxed(f: np.ndarray) -> np.ndarray:
+    f[6:8, 6:-6], f[-8:-6, 6:-6], f[6:-6, 6:8], f[6:-6, -8:-6] = INK - 40, INK - 40, INK - 40, INK - 40
+    return f
+
+
+def _fold(f: np.ndarray) -> np.ndarray:
+    f[:, -12:-10] = INK - 40
+    return f
+
+
+SCENES: dict[str, tuple[dict, Callable[[np.ndarray], np.ndarray] | None]] = {
+    "plain": ({}, None),
+    "meter bezel": ({}, _bezel),
+    "table beyond paper": ({}, _table),
+    "underlined field": ({}, _underline),
+    "boxed field": ({}, _boxed),
+    "fold across paper": ({}, _fold),
+    "tight strip": ({"pad": (2, 2)}, None),
+    "small digits (28 px)": ({"scale": 1, "gap": 8}, None),
+}
+
+
+def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
+    """Per scene: frames read right, read wrong, refused."""
+    clf = Classifier(artifact / "model.onnx")
+    test = embedded_mnist("test")
+    out = {}
+    for name, (kw, paint) in SCENES.items():
+        rng = np.random.default_rng(seed)
+        res = {"right": 0, "wrong": 0, "refused": 0}
+        for _ in range(frames):
+            idx = rng.choice(len(test.images), int(rng.integers(1, 6)), replace=False)
+            f, _ = compose(test.images[idx], rng, **kw)
+            if paint is not None:
+                f = paint(f)
+            f = f * np.linspace(0.8, 1.15, f.shape[1])[None, :] + rng.normal(0, 4, f.shape)
+            found = find_digits(np.clip(np.rint(f), 0, 255).astype(np.uint8))
+            ok = [d for d in found if d.image is not None]
+            p = clf.predict(np.stack([d.image for d in ok])) if ok else None
+            if not found or len(ok) < len(found) or not p.accepted.all():
+                res["refused"] += 1
+            elif "".join(map(str, p.labels)) == "".join(map(str, test.labels[idx])):
+                res["right"] += 1
+            else:
+                res["wrong"] += 1
+        out[name] = res
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("artifact", nargs="?", default=str(ROOT / "artifacts" / "lenet"))
+    ap.add_argument("--frames", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=5)
+    args = ap.parse_args()
+    res = run(Path(args.artifact), args.frames, args.seed)
+    print(f"{'scene':<22} {'read right':>11} {'read wrong':>11} {'refused':>8}   of {args.frames} frames, seed {args.seed}")
+    for name, r in res.items():
+        print(f"{name:<22} {r['right']:>11} {r['wrong']:>11} {r['refused']:>8}")
+
+
+if __name__ == "__main__":
+    main()
