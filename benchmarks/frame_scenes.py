@@ -56,6 +56,11 @@ def _table(f: np.ndarray) -> np.ndarray:
     return np.concatenate([f, np.full((f.shape[0], f.shape[1] // 7), DARK)], axis=1)
 
 
+def _wide_table(f: np.ndarray) -> np.ndarray:
+    """The table beyond the paper's edge fills 30% of the frame: enough to turn a polarity test."""
+    return np.concatenate([f, np.full((f.shape[0], f.shape[1] * 3 // 7), DARK)], axis=1)
+
+
 def _underline(f: np.ndarray) -> np.ndarray:
     f[-14:-11, 10:-10] = INK - 40
     return f
@@ -75,6 +80,7 @@ SCENES: dict[str, tuple[dict, Callable[[np.ndarray], np.ndarray] | None]] = {
     "plain": ({}, None),
     "meter bezel": ({}, _bezel),
     "table beyond paper": ({}, _table),
+    "table, 30% of frame": ({}, _wide_table),
     "underlined field": ({}, _underline),
     "boxed field": ({}, _boxed),
     "fold across paper": ({}, _fold),

@@ -388,7 +388,9 @@ def _segment(x: np.ndarray, tile: int | None = None, dark: np.ndarray | None = N
     # The paper under light ink is a low percentile of each tile, under dark ink a high one.
     if dark is None:
         dark = dark_ink(x)
-    most = 4 if tile is None else max(1, max(h, w) // tile)
+    # A frame gets tiles of about ``tile`` pixels, but never fewer than a crop's four a side: a
+    # small frame in one or two tiles takes light falling off across it for ink.
+    most = 4 if tile is None else max(4, max(h, w) // tile)
     t_lo, t_hi = tile_values(x, most, (TILE_PERCENTILE / 100, 1 - TILE_PERCENTILE / 100))
     bg_lo, bg_hi = interpolate_tiles(t_lo, h, w), interpolate_tiles(t_hi, h, w)
     flat = np.where(dark[:, None, None], bg_hi - x, x - bg_lo)
@@ -564,9 +566,12 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
 
 # --------------------------------------------------------------------------- whole frames
 
+#: The other polarity's pieces must fill this much less of their boxes to be taken instead.
+FILL_MARGIN = 0.1
 #: Whole frames are searched at below twice this many pixels a side (block-averaged down first).
 FRAME_WORK = 256
-#: Background tiles of whole frames, pixels a side at search size: about a digit's height.
+#: Background tiles of whole frames, pixels a side at search size: about a digit's height (at least
+#: four tiles a side, as a crop has).
 FRAME_TILE = 40
 
 
@@ -635,14 +640,16 @@ def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 
     return b[~inner.any(axis=1)]
 
 
-def _frame_pieces(work: np.ndarray, dark: np.ndarray, min_height: float) -> np.ndarray:
+def _frame_pieces(work: np.ndarray, dark: np.ndarray, min_height: float) -> tuple[np.ndarray, bool, float]:
     """The digit pieces' boxes (:func:`digit_pieces`) of a frame ``(1, H, W)`` at search size, its ink
-    of polarity ``dark``."""
+    of polarity ``dark``; whether scene was left out; and how much of the pieces' boxes their
+    ink fills: strokes leave most of a digit's box paper, paper taken for ink fills it."""
     _, sm, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE, dark)
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
-        return np.zeros((0, 4), dtype=np.int64)
+        return np.zeros((0, 4), dtype=np.int64), False, 1.0
     shape = mask.shape[1:]
-    lab, ids, boxes = component_boxes(mask[0])
+    ink = mask[0]
+    lab, ids, boxes = component_boxes(ink)
     scene = is_scene(boxes, shape)
     if scene.any():
         # The scene's dark (a bezel, the table) holds Otsu's level between itself and the ink,
@@ -652,8 +659,16 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray, min_height: float) -> np.n
         peak = np.array([max(float(rest.max()), 1e-6)], dtype=np.float32)
         thr = max(float(otsu(np.maximum(rest, 0).reshape(1, -1), peak)[0]),
                   float(base_s[0] + NOISE_SIGMAS * sigma_s[0]))
-        _, _, boxes = component_boxes((rest > thr) & ~hide)
-    return digit_pieces(boxes, shape, min_height)
+        ink = (rest > thr) & ~hide
+        lab, ids, boxes = component_boxes(ink)
+    kept = digit_pieces(boxes, shape, min_height)
+    if len(kept) == 0:
+        return kept, bool(scene.any()), 1.0
+    # The kept pieces' own pixels (a piece is one component: its box is unique among them).
+    which = (boxes[:, None, :] == kept[None, :, :]).all(axis=2).any(axis=1)
+    count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()
+    area = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).sum()
+    return kept, bool(scene.any()), float(count / area)
 
 
 def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, margin: float = 0.2,
@@ -666,11 +681,13 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     ink touching three borders or running from one border to the opposite one (a meter's
     bezel, the table beyond the paper, a fold), after which the frame is thresholded again
     without it; long lines (an underline) and boxes drawn around other ink (a form field's).
-    Digits must therefore have some paper between them and the frame's borders. When nothing
-    is left, the other polarity is read (a dark table over a quarter of the frame turns the
-    polarity test). Pieces that overlap in x by half the narrower's width are one digit (a
-    broken stroke, an 'i'-like gap); pieces shorter than ``min_height`` of the tallest digit-shaped
-    piece are dropped as specks. Each digit's box, widened by ``margin`` of its height, is cut
+    Digits must therefore have some paper between them and the frame's borders. Where scene was
+    left out, or nothing is left, the other polarity is read too and taken when its pieces fill
+    :data:`FILL_MARGIN` less of their boxes (a dark table over a quarter of the frame turns the
+    polarity test; strokes leave a digit's box mostly paper, paper taken for ink fills it).
+    Pieces that overlap in x by half the narrower's width are one digit (a broken stroke, an
+    'i'-like gap); pieces shorter than ``min_height`` of the tallest digit-shaped piece are
+    dropped as specks. Each digit's box, widened by ``margin`` of its height, is cut
     from the full-resolution frame and run through :func:`preprocess`. Device code that knows
     how many digits a reading holds should check the count: a digit merged into the scene is
     not found.
@@ -683,11 +700,15 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     f = max(1, max(full.shape) // FRAME_WORK)  # as reduce_to_work picks it
     work = reduce_to_work(x, FRAME_WORK)
     dark = dark_ink(work)
-    boxes = _frame_pieces(work, dark, min_height)
-    if len(boxes) == 0:
-        # A dark table or bezel over a quarter of the frame turns the polarity test (the paper
-        # beside it is then the "ink", and the scene): read the other polarity before giving up.
-        boxes = _frame_pieces(work, ~dark, min_height)
+    boxes, scene, fill = _frame_pieces(work, dark, min_height)
+    if scene or len(boxes) == 0:
+        # A dark table or bezel over a quarter of the frame can turn the polarity test: the
+        # paper beside it is then the "ink" (and the scene), the digits' holes the pieces.
+        # Strokes leave most of a digit's box paper, paper taken for ink fills it: read the
+        # other polarity too, and keep it when its pieces are clearly the sparser.
+        other, _, fill_other = _frame_pieces(work, ~dark, min_height)
+        if len(other) and (len(boxes) == 0 or fill_other < fill - FILL_MARGIN):
+            boxes = other
     if len(boxes) == 0:
         return []
     boxes = boxes[np.argsort(boxes[:, 0], kind="stable")].tolist()

@@ -282,6 +282,39 @@ def test_find_digits_leaves_the_scene_around_the_digits(digits, scene):
     assert hits >= 0.9 * total
 
 
+def test_find_digits_beside_a_table_over_a_quarter_of_the_frame(digits):
+    # So wide a table turns the polarity test: the paper beside it became the "ink", and the
+    # holes of the digits their pieces. The other polarity's pieces are sparser: taken instead.
+    rng = np.random.default_rng(5)
+    imgs = digits[0]
+    whole = hits = total = 0
+    for t in range(20):
+        k = 1 + t % 4
+        idx = rng.choice(len(imgs), k, replace=False)
+        frame, _ = compose(imgs[idx], rng, scene=lambda f: np.concatenate(
+            [f, np.full((f.shape[0], f.shape[1] * 3 // 7), 30.0)], axis=1))
+        found = find_digits(frame)
+        if len(found) == k:
+            whole += 1
+            for f, i in zip(found, idx):
+                total += 1
+                hits += f.image is not None and close(f.image, preprocess(imgs[i])) > 0.8
+    assert whole >= 15 and hits >= 0.9 * total
+
+
+def test_find_digits_in_a_small_frame(digits):
+    # A digit at MNIST's own size in a frame not much larger: one background tile used to span
+    # the frame, so light falling off across it was taken for ink and nothing was found.
+    rng = np.random.default_rng(4)
+    found = 0
+    for d in digits[0][:20]:
+        frame = np.full((72, 76), 190.0)
+        frame[22:50, 20:48] -= 140 * d.astype(float) / 255
+        frame = frame * np.linspace(0.8, 1.15, 76)[None, :] + rng.normal(0, 4, frame.shape)
+        found += len(find_digits(u8(frame))) == 1
+    assert found >= 19
+
+
 def test_a_frame_of_scene_alone_holds_no_digit():
     frame = np.full((100, 300), 190.0)
     for name in ("box", "underline", "bar", "fold", "bezel", "table"):  # the table beyond it all
