@@ -8,7 +8,9 @@ Each frame holds one to five test digits (drawn from the test set with ``--seed`
 MNIST's size, dark ink on grey paper, light falling off across the frame and sensor noise,
 then the scene is painted in. A device acts on a reading only when every digit found is
 accepted, so a frame counts as read right (the digits, left to right), read wrong (every digit
-accepted, the string wrong: a missed or phantom digit, or a misread one) or refused.
+accepted, the string wrong: a missed or phantom digit, or a misread one) or refused. The
+last rows are phone photos (4000x3000) of a sheet of paper on a desk, the digits 224 pixels
+tall.
 """
 
 from __future__ import annotations
@@ -89,20 +91,47 @@ SCENES: dict[str, tuple[dict, Callable[[np.ndarray], np.ndarray] | None]] = {
 }
 
 
+def photo(digits: np.ndarray, rng: np.random.Generator, desk: float, size: int = 224,
+          sheet: tuple[int, int] = (2550, 3400), shape: tuple[int, int] = (3000, 4000)) -> np.ndarray:
+    """A phone photo (4000x3000 by default) of a sheet of paper on a desk of grey level ``desk``,
+    the ``digits`` written ``size`` pixels tall across the middle of the sheet, before light and noise."""
+    f = np.full(shape, desk, dtype=np.float32)
+    sy, sx = (shape[0] - sheet[0]) // 2, (shape[1] - sheet[1]) // 2
+    f[sy:sy + sheet[0], sx:sx + sheet[1]] = PAPER
+    k = size // 28
+    for j, d in enumerate(digits):
+        ink = np.kron(d.astype(np.float32) / 255, np.ones((k, k), dtype=np.float32))
+        y0, x0 = sy + sheet[0] // 2 - size // 2, sx + size // 2 + j * (size * 5 // 4)
+        f[y0:y0 + ink.shape[0], x0:x0 + ink.shape[1]] -= INK * ink
+    return f
+
+
+#: Phone photos of a sheet on a desk: slow to compose, so at most PHOTO_FRAMES of each.
+PHOTOS: dict[str, float] = {"photo: sheet on a dark desk": 90.0, "photo: sheet on a grey desk": 150.0,
+                            "photo: sheet on a light desk": 230.0}
+PHOTO_FRAMES = 20
+
+
 def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
     """Per scene: frames read right, read wrong, refused."""
     clf = Classifier(artifact / "model.onnx")
     test = embedded_mnist("test")
     out = {}
-    for name, (kw, paint) in SCENES.items():
+    names = list(SCENES) + list(PHOTOS)
+    for name in names:
         rng = np.random.default_rng(seed)
         res = {"right": 0, "wrong": 0, "refused": 0}
-        for _ in range(frames):
+        for _ in range(frames if name in SCENES else min(frames, PHOTO_FRAMES)):
             idx = rng.choice(len(test.images), int(rng.integers(1, 6)), replace=False)
-            f, _ = compose(test.images[idx], rng, **kw)
-            if paint is not None:
-                f = paint(f)
-            f = f * np.linspace(0.8, 1.15, f.shape[1])[None, :] + rng.normal(0, 4, f.shape)
+            if name in SCENES:
+                kw, paint = SCENES[name]
+                f, _ = compose(test.images[idx], rng, **kw)
+                if paint is not None:
+                    f = paint(f)
+            else:
+                f = photo(test.images[idx], rng, PHOTOS[name])
+            f = f * np.linspace(0.8, 1.15, f.shape[1], dtype=np.float32)[None, :]
+            f = f + rng.normal(0, 4, f.shape).astype(np.float32)
             found = find_digits(np.clip(np.rint(f), 0, 255).astype(np.uint8))
             ok = [d for d in found if d.image is not None]
             p = clf.predict(np.stack([d.image for d in ok])) if ok else None
@@ -123,9 +152,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()
     res = run(Path(args.artifact), args.frames, args.seed)
-    print(f"{'scene':<22} {'read right':>11} {'read wrong':>11} {'refused':>8}   of {args.frames} frames, seed {args.seed}")
+    print(f"{'scene':<30} {'read right':>11} {'read wrong':>11} {'refused':>8}   of {args.frames} frames "
+          f"({min(args.frames, PHOTO_FRAMES)} photos), seed {args.seed}")
     for name, r in res.items():
-        print(f"{name:<22} {r['right']:>11} {r['wrong']:>11} {r['refused']:>8}")
+        print(f"{name:<30} {r['right']:>11} {r['wrong']:>11} {r['refused']:>8}")
 
 
 if __name__ == "__main__":
