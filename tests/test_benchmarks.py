@@ -1,4 +1,5 @@
-"""The GPU check's closing table reads what the check's steps wrote (no GPU needed)."""
+"""Benchmark scripts that need no GPU: the GPU check's closing table reads what its steps wrote, and the
+frame-scenes benchmark runs every scene."""
 
 from __future__ import annotations
 
@@ -28,3 +29,10 @@ def test_summary_prefers_the_no_pytest_runners_json(tmp_path):
     (tmp_path / "gpu_tests.json").write_text(json.dumps({"passed": 2, "failed": 0}))
     assert dict(gpu_summary.rows(tmp_path))["CUDA tests"] == "2 passed, 0 failed"
     assert dict(gpu_summary.rows(tmp_path / "missing"))["CUDA tests"] == "not run"
+
+
+def test_frame_scenes_runs_every_scene(onnx_artifact):
+    import frame_scenes
+    res = frame_scenes.run(onnx_artifact, frames=2, seed=0)
+    assert list(res) == list(frame_scenes.SCENES) + list(frame_scenes.PHOTOS)
+    assert all(sum(r.values()) == 2 for r in res.values())
