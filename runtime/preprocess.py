@@ -566,6 +566,10 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
 
 # --------------------------------------------------------------------------- whole frames
 
+#: A digit's box is widened by this share of its height before it is cut from the frame.
+MARGIN = 0.2
+#: Pieces of a frame at least this many pixels tall (at search size) are more than noise.
+SPECK = 4
 #: The other polarity's pieces must fill this much less of their boxes to be taken instead.
 FILL_MARGIN = 0.1
 #: Whole frames are searched at below twice this many pixels a side (block-averaged down first).
@@ -640,13 +644,39 @@ def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 
     return b[~inner.any(axis=1)]
 
 
-def _frame_pieces(work: np.ndarray, dark: np.ndarray, min_height: float) -> tuple[np.ndarray, bool, float]:
+def around(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """Where to search again when a piece covers a quarter of an ``(H, W)`` frame: a sheet of
+    paper on a desk, or the band of ink the local flattening makes of the sheet's edge, or a box
+    drawn around a field, any of which sets the digits' height or swallows a digit at search
+    size. The largest piece, if it is ten times the area of any other piece at least
+    ``2 * SPECK`` pixels tall: its box, two pixels inside its edge, grown to take in those
+    pieces (a digit the band passed by). None otherwise."""
+    if len(boxes) < 2:
+        return None
+    h = boxes[:, 3] - boxes[:, 1]
+    area = (boxes[:, 2] - boxes[:, 0]) * h
+    k = int(np.argmax(area))
+    rest = np.flatnonzero((h >= 2 * SPECK) & (np.arange(len(boxes)) != k))
+    # Ten times the largest other piece: a digit and a broken-off stroke of it are no sheet.
+    if len(rest) == 0 or area[k] < 0.25 * shape[0] * shape[1] or area[k] < 10 * area[rest].max():
+        return None
+    roi = boxes[k] + np.array([2, 2, -2, -2])
+    for j in rest:
+        pad = int(math.ceil(MARGIN * h[j]))
+        roi = np.array([min(roi[0], boxes[j, 0] - pad), min(roi[1], boxes[j, 1] - pad),
+                        max(roi[2], boxes[j, 2] + pad), max(roi[3], boxes[j, 3] + pad)])
+    return np.clip(roi, 0, [shape[1], shape[0], shape[1], shape[0]])
+
+
+def _frame_pieces(work: np.ndarray, dark: np.ndarray,
+                  min_height: float) -> tuple[np.ndarray, bool, float, np.ndarray | None]:
     """The digit pieces' boxes (:func:`digit_pieces`) of a frame ``(1, H, W)`` at search size, its ink
-    of polarity ``dark``; whether scene was left out; and how much of the pieces' boxes their
-    ink fills: strokes leave most of a digit's box paper, paper taken for ink fills it."""
+    of polarity ``dark``; whether scene was left out; how much of the pieces' boxes their ink
+    fills (strokes leave most of a digit's box paper, paper taken for ink fills it); and the
+    box of a piece drawn around others (:func:`around`), or None."""
     _, sm, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE, dark)
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
-        return np.zeros((0, 4), dtype=np.int64), False, 1.0
+        return np.zeros((0, 4), dtype=np.int64), False, 1.0, None
     shape = mask.shape[1:]
     ink = mask[0]
     lab, ids, boxes = component_boxes(ink)
@@ -662,16 +692,17 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray, min_height: float) -> tupl
         ink = (rest > thr) & ~hide
         lab, ids, boxes = component_boxes(ink)
     kept = digit_pieces(boxes, shape, min_height)
+    ring = around(boxes[~is_scene(boxes, shape)], shape)
     if len(kept) == 0:
-        return kept, bool(scene.any()), 1.0
+        return kept, bool(scene.any()), 1.0, ring
     # The kept pieces' own pixels (a piece is one component: its box is unique among them).
     which = (boxes[:, None, :] == kept[None, :, :]).all(axis=2).any(axis=1)
     count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()
     area = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).sum()
-    return kept, bool(scene.any()), float(count / area)
+    return kept, bool(scene.any()), float(count / area), ring
 
 
-def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, margin: float = 0.2,
+def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, margin: float = MARGIN,
                 max_digits: int = 64) -> list[Digit]:
     """The digits of a camera frame (a meter, a form field), left to right.
 
@@ -684,8 +715,11 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     Digits must therefore have some paper between them and the frame's borders. Where scene was
     left out, or nothing is left, the other polarity is read too and taken when its pieces fill
     :data:`FILL_MARGIN` less of their boxes (a dark table over a quarter of the frame turns the
-    polarity test; strokes leave a digit's box mostly paper, paper taken for ink fills it).
-    Pieces that overlap in x by half the narrower's width are one digit (a broken stroke, an
+    polarity test; strokes leave a digit's box mostly paper, paper taken for ink fills it), unless
+    one of its pieces covers a quarter of the frame (the paper of a sheet on a desk). A piece
+    that covers a quarter of the frame and dwarfs the others (:func:`around`: a sheet's edge,
+    which the flattening turns into a band of ink, or a box around a field) is searched again
+    inside, once, at full resolution. Pieces that overlap in x by half the narrower's width are one digit (a broken stroke, an
     'i'-like gap); pieces shorter than ``min_height`` of the tallest digit-shaped piece are
     dropped as specks. Each digit's box, widened by ``margin`` of its height, is cut
     from the full-resolution frame and run through :func:`preprocess`. Device code that knows
@@ -696,19 +730,38 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
         ValueError: the frame is malformed (shape, dtype, values).
     """
     x = _gray_stack(np.asarray(frame), channels, batch=False)
-    full = x[0]
+    return _find(x[0], min_height, margin, max_digits, inside=False)
+
+
+def _find(full: np.ndarray, min_height: float, margin: float, max_digits: int, inside: bool) -> list[Digit]:
+    """:func:`find_digits` on a gray float frame ``(H, W)``; ``inside``: already searching inside a
+    sheet's edge or a field's box (once only)."""
     f = max(1, max(full.shape) // FRAME_WORK)  # as reduce_to_work picks it
-    work = reduce_to_work(x, FRAME_WORK)
+    work = reduce_to_work(full[None], FRAME_WORK)
     dark = dark_ink(work)
-    boxes, scene, fill = _frame_pieces(work, dark, min_height)
+    boxes, scene, fill, ring = _frame_pieces(work, dark, min_height)
     if scene or len(boxes) == 0:
         # A dark table or bezel over a quarter of the frame can turn the polarity test: the
         # paper beside it is then the "ink" (and the scene), the digits' holes the pieces.
         # Strokes leave most of a digit's box paper, paper taken for ink fills it: read the
         # other polarity too, and keep it when its pieces are clearly the sparser.
-        other, _, fill_other = _frame_pieces(work, ~dark, min_height)
-        if len(other) and (len(boxes) == 0 or fill_other < fill - FILL_MARGIN):
-            boxes = other
+        other, _, fill_other, ring_other = _frame_pieces(work, ~dark, min_height)
+        # Not to pieces a quarter of the frame large, though: that is the paper (a sheet on a
+        # desk) taken for ink.
+        area = (other[:, 2] - other[:, 0]) * (other[:, 3] - other[:, 1])
+        paper = bool((area >= 0.25 * work.shape[1] * work.shape[2]).any())
+        if len(other) and (len(boxes) == 0 or (fill_other < fill - FILL_MARGIN and not paper)):
+            boxes, ring = other, ring_other
+    if ring is not None and not inside:
+        # The edge of a sheet on a desk (or a box around a field) sets the digits' height and
+        # may join a digit near it, at this size: search again inside it, at full resolution.
+        # What is left of the edge inside touches the region's borders: scene there.
+        fx0, fy0, fx1, fy1 = (int(v) * f for v in ring)
+        if min(fx1 - fx0, fy1 - fy0) >= MIN_SIDE:
+            found = _find(full[fy0:fy1, fx0:fx1], min_height, margin, max_digits, inside=True)
+            if found:
+                return [Digit((d.box[0] + fx0, d.box[1] + fy0, d.box[2] + fx0, d.box[3] + fy0), d.image,
+                              d.refusal) for d in found]
     if len(boxes) == 0:
         return []
     boxes = boxes[np.argsort(boxes[:, 0], kind="stable")].tolist()
