@@ -617,8 +617,8 @@ def is_scene(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 0.25) -> np.ndarray:
-    """The components' boxes ``(K, 4)`` (x0, y0, x1, y1; x1, y1 exclusive) of an ``(H, W)`` frame
-    that may be pieces of digits, in their order.
+    """Which of the components' boxes ``(K, 4)`` (x0, y0, x1, y1; x1, y1 exclusive) of an
+    ``(H, W)`` frame may be pieces of digits: their indices, in order.
 
     The scene is dropped first: ink that touches :data:`SPANS` borders (a meter's bezel, the
     table beyond the paper's edge) or runs from one border to the opposite one (a fold, a
@@ -629,19 +629,19 @@ def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 
     A digit's height is the tallest piece left that is no wider than twice its height;
     pieces shorter than ``min_height`` of it are specks.
     """
-    b = boxes[~is_scene(boxes, shape)]
-    if len(b) == 0:
-        return b
+    idx = np.flatnonzero(~is_scene(boxes, shape))
+    if len(idx) == 0:
+        return idx
+    b = boxes[idx]
     bw, bh = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
     shaped = bw <= 2 * bh
     tall = bh[shaped].max() if shaped.any() else bh.max()
-    b = b[(bw <= 4 * bh) | (bw <= 1.5 * tall)]
-    bh = b[:, 3] - b[:, 1]
-    b = b[bh >= min_height * tall]
+    idx = idx[((bw <= 4 * bh) | (bw <= 1.5 * tall)) & (bh >= min_height * tall)]
+    b = boxes[idx]
     # A box holding another box (not merely touching it) is drawn around it.
     inner = ((b[:, None, 0] < b[None, :, 0]) & (b[:, None, 1] < b[None, :, 1])
              & (b[:, None, 2] > b[None, :, 2]) & (b[:, None, 3] > b[None, :, 3]))
-    return b[~inner.any(axis=1)]
+    return idx[~inner.any(axis=1)]
 
 
 def around(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
@@ -691,13 +691,12 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
                   float(base_s[0] + NOISE_SIGMAS * sigma_s[0]))
         ink = (rest > thr) & ~hide
         lab, ids, boxes = component_boxes(ink)
-    kept = digit_pieces(boxes, shape, min_height)
+    which = digit_pieces(boxes, shape, min_height)
+    kept = boxes[which]
     ring = around(boxes[~is_scene(boxes, shape)], shape)
     if len(kept) == 0:
         return kept, bool(scene.any()), 1.0, ring
-    # The kept pieces' own pixels (a piece is one component: its box is unique among them).
-    which = (boxes[:, None, :] == kept[None, :, :]).all(axis=2).any(axis=1)
-    count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()
+    count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()  # the kept pieces' pixels
     area = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).sum()
     return kept, bool(scene.any()), float(count / area), ring
 
@@ -719,12 +718,12 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     one of its pieces covers a quarter of the frame (the paper of a sheet on a desk). A piece
     that covers a quarter of the frame and dwarfs the others (:func:`around`: a sheet's edge,
     which the flattening turns into a band of ink, or a box around a field) is searched again
-    inside, once, at full resolution. Pieces that overlap in x by half the narrower's width are one digit (a broken stroke, an
-    'i'-like gap); pieces shorter than ``min_height`` of the tallest digit-shaped piece are
-    dropped as specks. Each digit's box, widened by ``margin`` of its height, is cut
-    from the full-resolution frame and run through :func:`preprocess`. Device code that knows
-    how many digits a reading holds should check the count: a digit merged into the scene is
-    not found.
+    inside, once, at full resolution. Pieces that overlap in x by half the narrower's width are
+    one digit (a broken stroke, an 'i'-like gap); pieces shorter than ``min_height`` of the
+    tallest digit-shaped piece are dropped as specks. Each digit's box, widened by ``margin`` of
+    its height, is cut from the full-resolution frame and run through :func:`preprocess`.
+    Device code that knows how many digits a reading holds should check the count: a digit
+    merged into the scene is not found.
 
     Raises:
         ValueError: the frame is malformed (shape, dtype, values).
