@@ -1,13 +1,15 @@
 """Digits beside a dark band along one border of the crop (a meter's bezel, the paper's edge, a
 shadow): what the device decides, crop by crop, through ``runtime.preprocess`` and the model.
 
-    python benchmarks/border_band.py [ARTIFACT] [--images 200]
+    python benchmarks/border_band.py [ARTIFACT] [--images 200] [--level clean] [--side right] [--grey 25]
 
-Each of the first N test digits is shot as a "clean" camera crop (64x64, dark ink on grey
-paper; :data:`toolchain.field.CLEAN`, seed 11), then the rightmost columns are painted darker
-than the ink, from none to 30% of the width. A band that holds more ink than the digit used to
-be taken for the digit (a confident '1'); the table shows how many crops are read right, read
-wrong, or refused by the preprocessing or the gate.
+Each of the first N test digits is shot as a camera crop at a field level (default "clean":
+64x64, dark ink on grey paper; :data:`toolchain.field.LEVELS`, seed 11), then the lines along
+one side are painted a flat grey (default 25, darker than the ink; 250 is a light band), from
+none to 30% of the side. A band that holds more ink than the digit used to be taken for the
+digit (a confident '1'), and a wide one turned the polarity test; ``preprocess`` now cuts it
+off (``border_bands``). The table shows how many crops are read right, read wrong, or refused
+by the preprocessing or the gate.
 """
 
 from __future__ import annotations
@@ -28,18 +30,25 @@ SHARES = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
 BAND = 25  # grey level of the band: darker than the clean level's ink
 
 
-def run(artifact: Path, n: int) -> list[dict[str, float]]:
+SIDES = {"right": lambda k: (slice(None), slice(None), slice(-k, None)),
+         "left": lambda k: (slice(None), slice(None), slice(None, k)),
+         "top": lambda k: (slice(None), slice(None, k)),
+         "bottom": lambda k: (slice(None), slice(-k, None))}
+
+
+def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey: int = BAND
+        ) -> list[dict[str, float]]:
     """Per band width: crops read right, read wrong, refused by the preprocessing, by the gate."""
     clf = Classifier(artifact / "model.onnx")
     test = embedded_mnist("test")
-    crops = render_crops(test.images[:n], field.CLEAN, 11)
+    crops = render_crops(test.images[:n], field.LEVELS[level], 11)
     labels = test.labels[:n]
     rows = []
     for share in SHARES:
         c = crops.copy()
         k = int(round(share * c.shape[2]))
         if k:
-            c[:, :, -k:] = BAND
+            c[SIDES[side](k)] = grey
         frames = preprocess_batch(c)
         ok = frames.ok
         p = clf.predict(frames.images[ok])
@@ -54,8 +63,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("artifact", nargs="?", default=str(ROOT / "artifacts" / "lenet"))
     ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--level", default="clean", choices=sorted(field.LEVELS))
+    ap.add_argument("--side", default="right", choices=sorted(SIDES))
+    ap.add_argument("--grey", type=int, default=BAND, help="the band's grey level, 0-255")
     args = ap.parse_args()
-    rows = run(Path(args.artifact), args.images)
+    rows = run(Path(args.artifact), args.images, args.level, args.side, args.grey)
     print(f"{'band':>5} {'read right':>11} {'read wrong':>11} {'refused (prep)':>15} {'refused (gate)':>15}"
           f"   of {args.images} crops")
     for r in rows:

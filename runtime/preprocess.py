@@ -6,6 +6,8 @@ The steps (one batched implementation; :func:`preprocess` is a batch of one):
    ``(H, W, 3|4)`` in RGB order (``channels="bgr"`` for OpenCV frames), BT.601 luma. Crops
    of 128 pixels a side or more are block-averaged to between :data:`WORK` and twice that:
    a crop's digit needs no more to fill a 20-pixel box, and later steps then cost the same.
+   A band along one side (a bezel, the paper's edge, a shadow: :func:`border_bands`) is cut
+   off first; a digit whose ink then reaches the cut ran into the band (``touches-borders``).
 2. **Polarity.** Against the medians of the crop's quarters (linearly interpolated and
    extrapolated, so a gradient cancels), whichever tail (1st or 99th percentile) is stronger is ink.
 3. **Background flattened locally.** The crop is cut into 4x4 tiles (fewer under 48 pixels);
@@ -29,8 +31,9 @@ or a reason per crop from :func:`preprocess_batch`:
 - ``no-ink``: nothing stands out from the background and its noise, or too little of it;
 - ``several-blobs``: another blob, away from the digit, holds at least half as much ink;
 - ``touches-borders``: the only ink touches three or four borders (a bezel, a shadow, the
-  paper's edge; a digit cropped too tight). Such a component is never taken for the digit
-  while another one is there, however much more ink it holds;
+  paper's edge; a digit cropped too tight), or the digit runs into a band cut off a side. Such
+  a component is never taken for the digit while another one is there, however much more ink
+  it holds;
 - ``solid-ink``: a background tile is covered by ink (:func:`solid_tiles`): a blot or another
   object, which the flattening would hollow into a ring or a bar, a fair '0' or '1'.
 
@@ -79,6 +82,21 @@ MIN_CONTRAST = 0.04
 SOLID_SHARE = 1.0
 #: Ink spans fewer working pixels than this: a speck, not a digit.
 MIN_EXTENT = 3.0
+#: A border line (row or column) belongs to a band along that side (a bezel, the paper's edge, a
+#: shadow) when this share of its pixels stand beyond BAND_SHARE of the way from the paper (the
+#: median of 4x4 blocks' medians) to the crop's extreme on that side: a digit's stroke never
+#: covers so much of a line, and the band is then cut off before anything else is measured.
+BAND_COVER = 0.9
+BAND_SHARE = 0.5
+#: ... and at least this far from the paper (on [0, 1]): a band is a thing of its own, not a shade.
+BAND_CONTRAST = 0.1
+#: The band must end in a step: this many lines further in, the line's median is back within a
+#: quarter of the way (light falling off across the crop is no band).
+BAND_STEP = 3
+#: Lines cut beyond the band's last one (its blurred edge).
+BAND_MARGIN = 2
+#: Bands wider than this share of the crop's side are not cut (the digit would go with them).
+BAND_MOST = 0.4
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's convert("L")
 
 REASONS = ("no-ink", "several-blobs", "touches-borders", "solid-ink")
@@ -377,6 +395,80 @@ def resample_weights(center: np.ndarray, scale: np.ndarray, size: int) -> np.nda
     return m[:, :, :size]
 
 
+def border_bands(x: np.ndarray) -> np.ndarray:
+    """int ``(N, 4)``: how many lines to cut off the top, bottom, left and right of gray
+    ``(N, H, W)`` (working size), where a band runs along that side (:data:`BAND_COVER`).
+
+    A dark band (a bezel, the table beyond the paper) wider than about a quarter of the crop
+    turns the polarity test, and a narrower one fills background tiles (a ``solid-ink``
+    refusal); cut off, the crop is paper and a digit again. A band of either polarity, ending in
+    a step (:data:`BAND_STEP`), at most :data:`BAND_MOST` of the side; with
+    :data:`BAND_MARGIN` more lines for its blurred edge, and never more than half of a side.
+    """
+    n, h, w = x.shape
+    paper, lo, hi = band_levels(x)
+    # A band stands at least half as far from the paper as the crop's other extreme (the ink,
+    # when the band is on the paper's other side): a shade of light is no band.
+    least = np.maximum(BAND_CONTRAST, BAND_SHARE * np.maximum(paper - lo, hi - paper))
+    edge = (1.0 - BAND_COVER) / 2
+    cuts = np.zeros((n, 4), dtype=np.int64)
+
+    def kinds(lines: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per line of ``(M, L, length)`` (crops ``at``): 1 dark band, 2 light, 0 neither; and its median."""
+        m, size, length = lines.shape
+        q_lo, q_mid, q_hi = (q.reshape(m, size) for q in kth_many(lines.reshape(m * size, length),
+                                                                    (edge, 0.5, 1.0 - edge)))
+        dark = q_hi < (paper - least)[at, None]
+        light = q_lo > (paper + least)[at, None]
+        return np.where(dark, 1, np.where(light, 2, 0)), q_mid
+
+    # A band takes in the border line itself: only crops where one does are looked at further
+    # (most crops end here). Counts stand in for kth_many's ranks, which they equal: the value
+    # at rank r is under t exactly when more than r values are.
+    dark_t, light_t = (paper - least)[:, None, None], (paper + least)[:, None, None]
+    ends = [x[:, [0, -1]], x[:, :, [0, -1]].transpose(0, 2, 1)] if h != w else \
+        [np.stack([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)]
+    seen = np.zeros(n, dtype=bool)
+    for lines in ends:
+        length = lines.shape[2]
+        r_lo, r_hi = int(edge * (length - 1)), int((1.0 - edge) * (length - 1))
+        seen |= (((lines < dark_t).sum(axis=2) > r_hi) | ((lines <= light_t).sum(axis=2) <= r_lo)).any(axis=1)
+    at = np.flatnonzero(seen)
+    if len(at) == 0:
+        return cuts
+    rows = np.arange(len(at))
+    for axis, lines in enumerate((x[at], x[at].transpose(0, 2, 1))):  # rows (top, bottom), then columns
+        size = lines.shape[1]
+        kind_all, mid_all = kinds(lines, at)
+        for end in (0, 1):  # from the first line inwards, then from the last
+            kind, mid = (kind_all, mid_all) if end == 0 else (kind_all[:, ::-1], mid_all[:, ::-1])
+            k = np.cumprod((kind == kind[:, :1]) & (kind[:, :1] > 0), axis=1).sum(axis=1)
+            back = mid[rows, np.minimum(k + BAND_STEP, size - 1)]
+            p, d_lo, d_hi = paper[at], paper[at] - lo[at], hi[at] - paper[at]
+            stepped = np.where(kind[:, 0] == 1, back > p - BAND_SHARE / 2 * d_lo, back < p + BAND_SHARE / 2 * d_hi)
+            ok = (k > 0) & (k <= BAND_MOST * size) & stepped
+            cuts[at, 2 * axis + end] = np.where(ok, k + BAND_MARGIN, 0)
+    # Two bands facing each other may not leave less than half of the side.
+    for a, b, size in ((0, 1, h), (2, 3, w)):
+        over = cuts[:, a] + cuts[:, b] > size // 2
+        cuts[over, a] = cuts[over, b] = 0
+    return cuts
+
+
+def band_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The paper, the darkest and the lightest level of each crop of ``(N, H, W)``, from every
+    other pixel: the paper is the median of 4x4 blocks' medians (a band fills one side's
+    blocks, the digit a few central ones, so the crop's median can be ink), the extremes the
+    0.5th and 99.5th percentiles."""
+    s = x[:, ::2, ::2]
+    n, hs, ws = s.shape
+    by, bx = hs // 4, ws // 4
+    blocks = s[:, :4 * by, :4 * bx].reshape(n, 4, by, 4, bx).transpose(0, 1, 3, 2, 4).reshape(n * 16, by * bx)
+    paper = kth(kth(blocks, 0.5).reshape(n, 16), 0.5)
+    lo, hi = kth_many(s.reshape(n, -1), (0.005, 0.995))
+    return paper, lo, hi
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 def _segment(x: np.ndarray, tile: int | None = None, dark: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
@@ -411,10 +503,31 @@ def _segment(x: np.ndarray, tile: int | None = None, dark: np.ndarray | None = N
     return flat, sm, mask, base, sigma, base_s, sigma_s, top, paper
 
 
-def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _frames(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_normalise` after :func:`border_bands`: a crop with a band along a side is cut
+    and normalised on its own, and refused when the digit runs into the cut."""
+    cuts = border_bands(x)
+    banded = np.flatnonzero(cuts.any(axis=1))
+    if len(banded) == 0:
+        return _normalise(x)
+    n, h, w = x.shape
+    frames = np.zeros((n, FRAME, FRAME), dtype=np.float32)
+    code = np.zeros(n, dtype=np.int64)
+    plain = np.flatnonzero(~cuts.any(axis=1))
+    if len(plain):
+        frames[plain], code[plain] = _normalise(x[plain])
+    for i in banded:
+        top, bottom, left, right = cuts[i].tolist()
+        frames[i:i + 1], code[i:i + 1] = _normalise(x[i:i + 1, top:h - bottom, left:w - right], cuts[i:i + 1] > 0)
+    return frames, code
+
+
+def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Float32 gray ``(N, H, W)`` at working size -> ([0, 1] frames ``(N, 28, 28)``, reason codes ``(N,)``).
 
-    Reason codes: 0 ok, then 1 + the index in :data:`REASONS`.
+    ``cut``, bool ``(N, 4)``: the top, bottom, left and right borders where a band was cut off
+    (:func:`border_bands`); a digit that touches one of them ran into the band and is refused
+    as ``touches-borders``. Reason codes: 0 ok, then 1 + the index in :data:`REASONS`.
     """
     n, h, w = x.shape
     flat, sm, mask, base, sigma, base_s, sigma_s, top, paper = _segment(x)
@@ -461,6 +574,10 @@ def _normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     # Ink level: the median of the kept ink pixels, from a histogram (the same in torch).
     region = dilate_cells(keep, 1).repeat(c, axis=1).repeat(c, axis=2)[:, :h, :w]
     kept_mask = mask & keep.repeat(c, axis=1).repeat(c, axis=2)[:, :h, :w]
+    if cut is not None:  # the digit's own pixels reach a line where a band was cut off
+        edges = np.stack([kept_mask[:, 0].any(axis=1), kept_mask[:, -1].any(axis=1),
+                          kept_mask[:, :, 0].any(axis=1), kept_mask[:, :, -1].any(axis=1)], axis=1)
+        all_borders |= (edges & cut).any(axis=1)
     idx = np.clip((sm / top[:, None, None] * LEVEL_BINS).astype(np.int64), 0, LEVEL_BINS - 1)
     hist = np.bincount((np.where(kept_mask, idx, LEVEL_BINS) + rows[:, :, None] * (LEVEL_BINS + 1)).ravel(),
                        minlength=n * (LEVEL_BINS + 1)).reshape(n, LEVEL_BINS + 1)[:, :LEVEL_BINS]
@@ -502,8 +619,8 @@ def _messages(code: int, shape: tuple[int, ...]) -> str:
         1: f"crop of shape {shape} has no ink: nothing stands out from the background and its noise; "
            "expected a digit darker or lighter than its paper",
         2: f"crop of shape {shape} holds several separate blobs of ink: expected one digit (crop closer to it)",
-        3: f"crop of shape {shape}: the ink touches three or four borders (a bezel, the paper's edge or a digit "
-           "cropped too tight): expected one digit with some paper around it",
+        3: f"crop of shape {shape}: the ink touches three or four borders or runs into a band along one (a bezel, "
+           "the paper's edge or a digit cropped too tight): expected one digit with some paper around it",
         4: f"crop of shape {shape} holds solid ink as large as a background tile (a blot or another object): "
            "expected a digit's strokes on paper",
     }[code]
@@ -523,7 +640,7 @@ def preprocess(crop: Any, *, channels: str = "rgb") -> np.ndarray:
     """
     a = np.asarray(crop)
     x = _gray_stack(a, channels, batch=False)
-    frames, code = _normalise(reduce_to_work(x))
+    frames, code = _frames(reduce_to_work(x))
     if code[0]:
         raise PreprocessError(REASONS[int(code[0]) - 1], _messages(int(code[0]), a.shape))
     return np.rint(frames[0] * 255.0).astype(np.uint8)
@@ -539,7 +656,7 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
     """
     if isinstance(crops, np.ndarray):
         x = _gray_stack(crops, channels, batch=True)
-        frames, code = _normalise(reduce_to_work(x))
+        frames, code = _frames(reduce_to_work(x))
     else:
         items = list(crops)
         if not items:
@@ -556,7 +673,7 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
         for i, g in enumerate(gray):
             by_shape.setdefault(g.shape, []).append(i)
         for idx in by_shape.values():
-            f, k = _normalise(reduce_to_work(np.stack([gray[i] for i in idx])))
+            f, k = _frames(reduce_to_work(np.stack([gray[i] for i in idx])))
             frames[idx], code[idx] = f, k
     if len(frames) == 0:
         raise ValueError("an empty batch of crops: expected at least one")
@@ -782,7 +899,7 @@ def _find(full: np.ndarray, min_height: float, margin: float, max_digits: int, i
         crop = full[box[1]:box[3], box[0]:box[2]]
         if min(crop.shape) < MIN_SIDE:
             continue
-        frames, code = _normalise(reduce_to_work(crop[None]))
+        frames, code = _frames(reduce_to_work(crop[None]))
         k = int(code[0])
         out.append(Digit(box, None if k else np.rint(frames[0] * 255.0).astype(np.uint8),
                          None if not k else REASONS[k - 1]))

@@ -36,3 +36,11 @@ def test_frame_scenes_runs_every_scene(onnx_artifact):
     res = frame_scenes.run(onnx_artifact, frames=2, seed=0)
     assert list(res) == list(frame_scenes.SCENES) + list(frame_scenes.PHOTOS)
     assert all(sum(r.values()) == 2 for r in res.values())
+
+
+def test_border_band_paints_each_side(onnx_artifact):
+    import border_band
+    for side in border_band.SIDES:
+        rows = border_band.run(onnx_artifact, 4, "mild", side, 250)
+        assert [r["share"] for r in rows] == list(border_band.SHARES)
+        assert all(r["right"] + r["wrong"] + r["preprocess_refused"] + r["gate_refused"] == 4 for r in rows)

@@ -140,6 +140,39 @@ def test_a_dark_band_along_a_border_is_not_the_digit(digits):
     assert good >= 26, good
 
 
+@pytest.mark.parametrize("grey, side", [(25, "right"), (25, "top"), (255, "left"), (10, "bottom")])
+def test_a_wide_band_along_a_border_is_cut_off(digits, grey, side):
+    """A band over a quarter of the crop turned the polarity test (the paper taken for the ink:
+    a digit read wrong) or filled background tiles (refused as solid ink); it is cut off."""
+    good = 0
+    for d in digits[0][:20]:
+        ref = preprocess(u8(camera(d, size=120, at=(33, 33))))
+        c = camera(d, size=120, at=(33, 33))
+        k = 30  # a quarter of the side
+        band = {"right": (slice(None), slice(-k, None)), "left": (slice(None), slice(None, k)),
+                "top": (slice(None, k), slice(None)), "bottom": (slice(-k, None), slice(None))}[side]
+        c[band] = grey
+        try:
+            good += close(preprocess(u8(c)), ref) > 0.95
+        except PreprocessError as e:
+            assert e.reason == "touches-borders"  # only where the digit runs into the band
+    assert good >= 17, good
+
+
+def test_bands_are_not_cut_from_camera_renderings():
+    """Light falling off, vignetting, blur or a digit at a border is no band: the cut never
+    fires on the field renderings, so their frames are as before it."""
+    from runtime.preprocess import border_bands, reduce_to_work
+    from toolchain import field
+    from toolchain.data import embedded_mnist
+    from toolchain.fieldbench import render_crops
+    images = embedded_mnist("test").images[:300]
+    for name in ("harsh", "gradient", "vignette", "blur", "scale", "specks", "polarity"):
+        crops = render_crops(images, field.LEVELS[name], 3)
+        x = reduce_to_work(crops.astype(np.float32) / 255)
+        assert not border_bands(x).any(), name
+
+
 @pytest.mark.parametrize("make, reason, message", [
     (lambda d: np.full((40, 40), 180, np.uint8), "no-ink", r"crop of shape \(40, 40\) has no ink"),
     (lambda d: u8(np.random.default_rng(0).normal(128, 3, (40, 40))), "no-ink", "has no ink"),
@@ -147,10 +180,14 @@ def test_a_dark_band_along_a_border_is_not_the_digit(digits):
      "several-blobs", r"crop of shape \(72, 128\) holds several separate blobs of ink: expected one digit"),
     (lambda d: u8(np.where((np.abs(np.arange(40)[:, None] - 20) < 2) | (np.abs(np.arange(40)[None, :] - 17) < 2),
                            30, 200)),
-     "touches-borders", r"the ink touches three or four borders \(a bezel, the paper's edge or a digit cropped too "
-                        r"tight\): expected one digit with some paper around it"),
+     "touches-borders", r"the ink touches three or four borders or runs into a band along one \(a bezel, the "
+                        r"paper's edge or a digit cropped too tight\): expected one digit with some paper around it"),
+    # A band along a side is cut off (border_bands): alone, it leaves paper.
     (lambda d: np.where(np.arange(64)[None, :] >= 52, 25, 200).astype(np.uint8) + np.zeros((64, 1), np.uint8),
-     "touches-borders", r"crop of shape \(64, 64\): the ink touches three or four borders"),
+     "no-ink", r"crop of shape \(64, 64\) has no ink"),
+    # A digit that runs into a band: its strokes go on under it.
+    (lambda d: u8(np.where(np.arange(72)[None, :] >= 50, 25, camera(d))),
+     "touches-borders", r"crop of shape \(72, 72\): the ink touches three or four borders or runs into a band"),
     (lambda d: np.where(((np.arange(64)[None, :] - 32) / 22) ** 2 + ((np.arange(64)[:, None] - 30) / 18) ** 2 <= 1,
                         40, 200).astype(np.uint8),
      "solid-ink", r"crop of shape \(64, 64\) holds solid ink as large as a background tile \(a blot or another "
