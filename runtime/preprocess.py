@@ -249,13 +249,6 @@ def interpolate_tiles(v: np.ndarray, h: int, w: int, extrapolate: bool = False) 
     return iy @ v @ ix.T
 
 
-def tile_levels(x: np.ndarray, most: int, qs: tuple[float, ...], extrapolate: bool = False) -> list[np.ndarray]:
-    """For each quantile in ``qs``: that quantile of each of at most ``most`` x ``most`` tiles
-    of ``(N, H, W)``, bilinearly interpolated to every pixel."""
-    h, w = x.shape[1:]
-    return [interpolate_tiles(v, h, w, extrapolate) for v in tile_values(x, most, qs)]
-
-
 def solid_tiles(paper: np.ndarray, level: np.ndarray) -> np.ndarray:
     """bool ``(N,)``: a background tile is covered by solid ink (a blot, another object).
 
@@ -295,9 +288,13 @@ def dark_ink(x: np.ndarray) -> np.ndarray:
     as a digit covers well under half of a crop's quarter), linearly interpolated and
     extrapolated (so a gradient across the crop cancels), the ink makes the stronger tail.
     A global median against the extremes fails when light falls off by more than the contrast."""
-    n = x.shape[0]
-    (mid,) = tile_levels(x, 2, (0.5,), extrapolate=True)
-    lo, hi = kth_many((x - mid)[:, ::2, ::2].reshape(n, -1), (0.01, 0.99))
+    n, h, w = x.shape
+    (v,) = tile_values(x, 2, (0.5,))
+    # The medians' plane at every other pixel of every other row only: the pixels compared.
+    ty, tx = v.shape[1:]
+    iy = _tile_interp(h, ty, tiles_for(h, ty)[1], True)[::2]
+    ix = _tile_interp(w, tx, tiles_for(w, tx)[1], True)[::2]
+    lo, hi = kth_many((x[:, ::2, ::2] - iy @ v @ ix.T).reshape(n, -1), (0.01, 0.99))
     return -lo > hi
 
 
@@ -346,14 +343,18 @@ def label_cells(on: np.ndarray) -> np.ndarray:
     big = gh * gw
     lab = np.where(on, np.arange(big).reshape(1, gh, gw), big)
     ext = np.full((n, big + 1), big, dtype=lab.dtype)
-    offsets = np.arange(n, dtype=lab.dtype)[:, None] * (big + 1)
+    offsets = (np.arange(n, dtype=lab.dtype)[:, None] * (big + 1)).reshape(n, 1, 1)
+    off = ~on
+    # One padded buffer for every pass: its border stays ``big``, the inside takes the labels.
+    p = np.full((n, gh + 2, gw + 2), big, dtype=lab.dtype)
     while True:
-        p = pad1(lab, big)
+        p[:, 1:-1, 1:-1] = lab
         r = np.minimum(np.minimum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
         m = np.minimum(np.minimum(r[:, :, :-2], r[:, :, 1:-1]), r[:, :, 2:])
-        ext[:, :big] = np.where(on, m, big).reshape(n, big)
+        m[off] = big
+        ext[:, :big] = m.reshape(n, big)
         # Pointer jumping: take the label of the cell that is our label, halving chains.
-        new = ext.reshape(-1)[(ext[:, :big] + offsets).reshape(-1)].reshape(n, gh, gw)
+        new = ext.reshape(-1)[m + offsets]
         if (new == lab).all():
             return lab
         lab = new
@@ -599,8 +600,10 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
     cy = (v.sum(axis=2) @ (np.arange(h) + 0.5)) / safe_total
     cx = (v.sum(axis=1) @ (np.arange(w) + 0.5)) / safe_total
     scale = BOX / np.where(extent > 0, extent, 1.0).astype(np.float64)
-    ry = resample_weights(cy, scale, h)
-    rx = resample_weights(cx, scale, w)
+    if h == w:  # one call for both axes: the weights are built row by row, so they are the same
+        ry, rx = np.split(resample_weights(np.concatenate([cy, cx]), np.concatenate([scale, scale]), h), 2)
+    else:
+        ry, rx = resample_weights(cy, scale, h), resample_weights(cx, scale, w)
     out = np.clip(ry @ v @ rx.transpose(0, 2, 1), 0.0, 1.0)
     peak = out.reshape(n, -1).max(axis=1)
     out = out / np.where(peak > 0, peak, 1.0)[:, None, None]
