@@ -407,10 +407,14 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     :data:`BAND_MARGIN` more lines for its blurred edge, and never more than half of a side.
     """
     n, h, w = x.shape
-    paper, lo, hi = band_levels(x)
+    paper, (ring_lo, ring_hi), lo, hi = band_levels(x)
     # A band stands at least half as far from the paper as the crop's other extreme (the ink,
     # when the band is on the paper's other side): a shade of light is no band.
     least = np.maximum(BAND_CONTRAST, BAND_SHARE * np.maximum(paper - lo, hi - paper))
+    # Where the digit fills most of the crop (an MNIST frame, a tight crop) the blocks' median is
+    # ink: the paper must also run along the crop's border, within its quartiles (a band takes
+    # up to half of the border).
+    least[(paper < ring_lo - least / 2) | (paper > ring_hi + least / 2)] = np.inf
     edge = (1.0 - BAND_COVER) / 2
     cuts = np.zeros((n, 4), dtype=np.int64)
 
@@ -456,18 +460,20 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     return cuts
 
 
-def band_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The paper, the darkest and the lightest level of each crop of ``(N, H, W)``, from every
-    other pixel: the paper is the median of 4x4 blocks' medians (a band fills one side's
-    blocks, the digit a few central ones, so the crop's median can be ink), the extremes the
-    0.5th and 99.5th percentiles."""
+def band_levels(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """The paper, the quartiles of the border's pixels, the darkest and the lightest level of
+    each crop of ``(N, H, W)``, from every other pixel: the paper is the median of 4x4 blocks'
+    medians (a band fills one side's blocks, the digit a few central ones, so the crop's median
+    can be ink), the extremes the 0.5th and 99.5th percentiles."""
     s = x[:, ::2, ::2]
     n, hs, ws = s.shape
     by, bx = hs // 4, ws // 4
     blocks = s[:, :4 * by, :4 * bx].reshape(n, 4, by, 4, bx).transpose(0, 1, 3, 2, 4).reshape(n * 16, by * bx)
     paper = kth(kth(blocks, 0.5).reshape(n, 16), 0.5)
+    ring = kth_many(np.concatenate([x[:, 0, ::2], x[:, -1, ::2], x[:, 1:-1:2, 0], x[:, 1:-1:2, -1]], axis=1),
+                    (0.25, 0.75))
     lo, hi = kth_many(s.reshape(n, -1), (0.005, 0.995))
-    return paper, lo, hi
+    return paper, (ring[0], ring[1]), lo, hi
 
 
 # --------------------------------------------------------------------------- the pipeline

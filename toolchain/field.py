@@ -386,10 +386,13 @@ def _border_bands(x: torch.Tensor) -> torch.Tensor:
     by, bx = hs // 4, ws // 4
     blocks = s[:, :4 * by, :4 * bx].reshape(n, 4, by, 4, bx).permute(0, 1, 3, 2, 4).reshape(n * 16, by * bx)
     paper = _kth(_kth(blocks, 0.5).view(n, 16), 0.5)
+    ring = torch.cat([x[:, 0, ::2], x[:, -1, ::2], x[:, 1:-1:2, 0], x[:, 1:-1:2, -1]], 1)
+    ring_lo, ring_hi = _kth(ring, 0.25), _kth(ring, 0.75)
     sub = s.reshape(n, -1)
     lo, hi = _kth(sub, 0.005), _kth(sub, 0.995)
     edge = (1.0 - P.BAND_COVER) / 2
     least = torch.clamp_min(P.BAND_SHARE * torch.maximum(paper - lo, hi - paper), P.BAND_CONTRAST)
+    least[(paper < ring_lo - least / 2) | (paper > ring_hi + least / 2)] = float("inf")
     cuts = torch.zeros(n, 4, dtype=torch.int64, device=x.device)
     rows = torch.arange(n, device=x.device)
     for axis, lines in enumerate((x, x.transpose(1, 2))):
@@ -551,7 +554,7 @@ def field_frames(digits: torch.Tensor, level: FieldLevel, generator: torch.Gener
     hollowed ring among the outliers, so the model refuses the rings the check cannot judge
     (crops under 36 pixels a side); calibration keeps the device's refusals. Training passes
     ``bands=False`` for the same reason: an object's edge along a side, which the device cuts
-    off (about 1.4% of the outlier renderings, no digit's), still trains as a bar among the
+    off (about 0.5% of the outlier renderings, no digit's), still trains as a bar among the
     outliers, as the edges the cut does not catch (slanted, short) reach the model.
     """
     crops = render(digits, level, generator)
