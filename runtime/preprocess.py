@@ -442,6 +442,7 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     if len(at) == 0:
         return cuts
     rows = np.arange(len(at))
+    p, d_lo, d_hi = paper[at], paper[at] - lo[at], hi[at] - paper[at]
     for axis, lines in enumerate((x[at], x[at].transpose(0, 2, 1))):  # rows (top, bottom), then columns
         size = lines.shape[1]
         kind_all, mid_all = kinds(lines, at)
@@ -449,7 +450,6 @@ def border_bands(x: np.ndarray) -> np.ndarray:
             kind, mid = (kind_all, mid_all) if end == 0 else (kind_all[:, ::-1], mid_all[:, ::-1])
             k = np.cumprod((kind == kind[:, :1]) & (kind[:, :1] > 0), axis=1).sum(axis=1)
             back = mid[rows, np.minimum(k + BAND_STEP, size - 1)]
-            p, d_lo, d_hi = paper[at], paper[at] - lo[at], hi[at] - paper[at]
             stepped = np.where(kind[:, 0] == 1, back > p - BAND_SHARE / 2 * d_lo, back < p + BAND_SHARE / 2 * d_hi)
             ok = (k > 0) & (k <= BAND_MOST * size) & stepped
             cuts[at, 2 * axis + end] = np.where(ok, k + BAND_MARGIN, 0)
@@ -514,16 +514,15 @@ def _frames(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_normalise` after :func:`border_bands`: a crop with a band along a side is cut
     and normalised on its own, and refused when the digit runs into the cut."""
     cuts = border_bands(x)
-    banded = np.flatnonzero(cuts.any(axis=1))
-    if len(banded) == 0:
+    banded = cuts.any(axis=1)
+    if not banded.any():
         return _normalise(x)
     n, h, w = x.shape
     frames = np.zeros((n, FRAME, FRAME), dtype=np.float32)
     code = np.zeros(n, dtype=np.int64)
-    plain = np.flatnonzero(~cuts.any(axis=1))
-    if len(plain):
-        frames[plain], code[plain] = _normalise(x[plain])
-    for i in banded:
+    if not banded.all():
+        frames[~banded], code[~banded] = _normalise(x[~banded])
+    for i in np.flatnonzero(banded):
         top, bottom, left, right = cuts[i].tolist()
         frames[i:i + 1], code[i:i + 1] = _normalise(x[i:i + 1, top:h - bottom, left:w - right], cuts[i:i + 1] > 0)
     return frames, code
