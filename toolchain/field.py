@@ -379,7 +379,7 @@ def _reduce(x: torch.Tensor) -> torch.Tensor:
 
 
 def _border_bands(x: torch.Tensor) -> torch.Tensor:
-    """``runtime.preprocess.border_bands`` in torch (every crop's lines, without its screen)."""
+    """``runtime.preprocess.border_bands`` in torch."""
     n, h, w = x.shape
     s = x[:, ::2, ::2]
     hs, ws = s.shape[1:]
@@ -394,21 +394,32 @@ def _border_bands(x: torch.Tensor) -> torch.Tensor:
     least = torch.clamp_min(P.BAND_SHARE * torch.maximum(paper - lo, hi - paper), P.BAND_CONTRAST)
     least[(paper < ring_lo - least / 2) | (paper > ring_hi + least / 2)] = float("inf")
     cuts = torch.zeros(n, 4, dtype=torch.int64, device=x.device)
-    rows = torch.arange(n, device=x.device)
-    for axis, lines in enumerate((x, x.transpose(1, 2))):
+    # The same screen: only crops whose border line is a band's are looked at further.
+    dark_t, light_t = (paper - least).view(n, 1, 1), (paper + least).view(n, 1, 1)
+    seen = torch.zeros(n, dtype=torch.bool, device=x.device)
+    for lines in (x[:, [0, -1]], x[:, :, [0, -1]].transpose(1, 2)):
+        length = lines.shape[2]
+        r_lo, r_hi = int(edge * (length - 1)), int((1.0 - edge) * (length - 1))
+        seen |= (((lines < dark_t).sum(2) > r_hi) | ((lines <= light_t).sum(2) <= r_lo)).any(1)
+    at = torch.nonzero(seen).view(-1)
+    if len(at) == 0:
+        return cuts
+    m = len(at)
+    rows = torch.arange(m, device=x.device)
+    p, d_lo, d_hi = paper[at], paper[at] - lo[at], hi[at] - paper[at]
+    for axis, lines in enumerate((x[at], x[at].transpose(1, 2))):
         size, length = lines.shape[1:]
-        flat = lines.reshape(n * size, length)
-        q_lo, q_mid, q_hi = (_kth(flat, q).view(n, size) for q in (edge, 0.5, 1.0 - edge))
-        kinds = torch.where(q_hi < (paper - least).view(n, 1), 1,
-                            torch.where(q_lo > (paper + least).view(n, 1), 2, 0))
+        flat = lines.reshape(m * size, length)
+        q_lo, q_mid, q_hi = (_kth(flat, q).view(m, size) for q in (edge, 0.5, 1.0 - edge))
+        kinds = torch.where(q_hi < (paper - least)[at].view(m, 1), 1,
+                            torch.where(q_lo > (paper + least)[at].view(m, 1), 2, 0))
         for end in (0, 1):
             kind, mid = (kinds, q_mid) if end == 0 else (kinds.flip(1), q_mid.flip(1))
             k = torch.cumprod(((kind == kind[:, :1]) & (kind[:, :1] > 0)).long(), 1).sum(1)
             back = mid[rows, torch.clamp_max(k + P.BAND_STEP, size - 1)]
-            stepped = torch.where(kind[:, 0] == 1, back > paper - P.BAND_SHARE / 2 * (paper - lo),
-                                  back < paper + P.BAND_SHARE / 2 * (hi - paper))
+            stepped = torch.where(kind[:, 0] == 1, back > p - P.BAND_SHARE / 2 * d_lo, back < p + P.BAND_SHARE / 2 * d_hi)
             ok = (k > 0) & (k <= P.BAND_MOST * size) & stepped
-            cuts[:, 2 * axis + end] = torch.where(ok, k + P.BAND_MARGIN, 0)
+            cuts[at, 2 * axis + end] = torch.where(ok, k + P.BAND_MARGIN, 0)
     for a, b, size in ((0, 1, h), (2, 3, w)):
         over = cuts[:, a] + cuts[:, b] > size // 2
         cuts[over, a] = 0
