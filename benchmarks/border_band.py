@@ -2,13 +2,15 @@
 shadow): what the device decides, crop by crop, through ``runtime.preprocess`` and the model.
 
     python benchmarks/border_band.py [ARTIFACT] [--images 200] [--level clean] [--side right] [--grey 25]
+                                     [--blur 0] [--noise 0]
 
 Each of the first N test digits is shot as a camera crop at a field level (default "clean":
 64x64, dark ink on grey paper; :data:`toolchain.field.LEVELS`, seed 11), then the lines along
 one side are painted a flat grey (default 25, darker than the ink; 250 is a light band), from
-none to 30% of the side. A band that holds more ink than the digit used to be taken for the
-digit (a confident '1'), and a wide one turned the polarity test; ``preprocess`` now cuts it
-off (``border_bands``). The table shows how many crops are read right, read wrong, or refused
+none to 30% of the side (``--blur`` and ``--noise`` then soften the whole crop, band
+included, as a lens and a sensor would). A band that holds more ink than the digit used to be
+taken for the digit (a confident '1'), and a wide one turned the polarity test; ``preprocess``
+now cuts it off (``border_bands``). The table shows how many crops are read right, read wrong, or refused
 by the preprocessing or the gate.
 """
 
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -36,8 +40,25 @@ SIDES = {"right": lambda k: (slice(None), slice(None), slice(-k, None)),
          "bottom": lambda k: (slice(None), slice(-k, None))}
 
 
-def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey: int = BAND
-        ) -> list[dict[str, float]]:
+def soften(c: np.ndarray, blur: float, noise: float, rng: np.random.Generator) -> np.ndarray:
+    """uint8 crops ``(N, H, W)`` after painting: a Gaussian blur of ``blur`` pixels and sensor
+    noise of ``noise`` grey levels, so the band's edge is soft and its face noisy like the rest."""
+    x = c.astype(np.float32)
+    if blur > 0:
+        r = int(np.ceil(3 * blur))
+        k = np.exp(-0.5 * (np.arange(-r, r + 1) / blur) ** 2)
+        k /= k.sum()
+        p = np.pad(x, ((0, 0), (r, r), (0, 0)), mode="edge")
+        x = sum(k[i] * p[:, i:i + x.shape[1]] for i in range(2 * r + 1))
+        p = np.pad(x, ((0, 0), (0, 0), (r, r)), mode="edge")
+        x = sum(k[i] * p[:, :, i:i + x.shape[2]] for i in range(2 * r + 1))
+    if noise > 0:
+        x = x + rng.normal(0.0, noise, x.shape)
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey: int = BAND,
+        blur: float = 0.0, noise: float = 0.0) -> list[dict[str, float]]:
     """Per band width: crops read right, read wrong, refused by the preprocessing, by the gate."""
     clf = Classifier(artifact / "model.onnx")
     test = embedded_mnist("test")
@@ -49,6 +70,8 @@ def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey:
         k = int(round(share * c.shape[2]))
         if k:
             c[SIDES[side](k)] = grey
+        if blur > 0 or noise > 0:
+            c = soften(c, blur, noise, np.random.default_rng(12))
         frames = preprocess_batch(c)
         ok = frames.ok
         p = clf.predict(frames.images[ok])
@@ -66,8 +89,10 @@ def main() -> None:
     ap.add_argument("--level", default="clean", choices=sorted(field.LEVELS))
     ap.add_argument("--side", default="right", choices=sorted(SIDES))
     ap.add_argument("--grey", type=int, default=BAND, help="the band's grey level, 0-255")
+    ap.add_argument("--blur", type=float, default=0.0, help="Gaussian blur after painting, pixels")
+    ap.add_argument("--noise", type=float, default=0.0, help="sensor noise after painting, grey levels")
     args = ap.parse_args()
-    rows = run(Path(args.artifact), args.images, args.level, args.side, args.grey)
+    rows = run(Path(args.artifact), args.images, args.level, args.side, args.grey, args.blur, args.noise)
     print(f"{'band':>5} {'read right':>11} {'read wrong':>11} {'refused (prep)':>15} {'refused (gate)':>15}"
           f"   of {args.images} crops")
     for r in rows:

@@ -41,6 +41,6 @@ def test_frame_scenes_runs_every_scene(onnx_artifact):
 def test_border_band_paints_each_side(onnx_artifact):
     import border_band
     for side in border_band.SIDES:
-        rows = border_band.run(onnx_artifact, 4, "mild", side, 250)
+        rows = border_band.run(onnx_artifact, 4, "mild", side, 250, blur=1.0, noise=4.0)
         assert [r["share"] for r in rows] == list(border_band.SHARES)
         assert all(r["right"] + r["wrong"] + r["preprocess_refused"] + r["gate_refused"] == 4 for r in rows)
