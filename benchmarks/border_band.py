@@ -6,12 +6,12 @@ shadow): what the device decides, crop by crop, through ``runtime.preprocess`` a
 
 Each of the first N test digits is shot as a camera crop at a field level (default "clean":
 64x64, dark ink on grey paper; :data:`toolchain.field.LEVELS`, seed 11), then the lines along
-one side are painted a flat grey (default 25, darker than the ink; 250 is a light band), from
-none to 30% of the side (``--blur`` and ``--noise`` then soften the whole crop, band
-included, as a lens and a sensor would). A band that holds more ink than the digit used to be
-taken for the digit (a confident '1'), and a wide one turned the polarity test; ``preprocess``
-now cuts it off (``border_bands``). The table shows how many crops are read right, read wrong, or refused
-by the preprocessing or the gate.
+one side (or all four: a meter's window) are painted a flat grey (default 25, darker than the
+ink; 250 is a light band), from none to 30% of the side (``--blur`` and ``--noise`` then
+soften the whole crop, band included, as a lens and a sensor would). A band that holds more
+ink than the digit used to be taken for the digit (a confident '1'), and a wide one turned the
+polarity test; ``preprocess`` now cuts it off (``border_bands``). The table shows how many
+crops are read right, read wrong, or refused by the preprocessing or the gate.
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ SHARES = (0.0, 0.05, 0.10, 0.15, 0.20, 0.25, 0.30)
 BAND = 25  # grey level of the band: darker than the clean level's ink
 
 
-SIDES = {"right": lambda k: (slice(None), slice(None), slice(-k, None)),
-         "left": lambda k: (slice(None), slice(None), slice(None, k)),
-         "top": lambda k: (slice(None), slice(None, k)),
-         "bottom": lambda k: (slice(None), slice(-k, None))}
+SIDES = {"right": lambda k: [(slice(None), slice(None), slice(-k, None))],
+         "left": lambda k: [(slice(None), slice(None), slice(None, k))],
+         "top": lambda k: [(slice(None), slice(None, k))],
+         "bottom": lambda k: [(slice(None), slice(-k, None))]}
+SIDES["all"] = lambda k: [i for side in ("right", "left", "top", "bottom") for i in SIDES[side](k)]  # a window
 
 
 def soften(c: np.ndarray, blur: float, noise: float, rng: np.random.Generator) -> np.ndarray:
@@ -68,8 +69,8 @@ def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey:
     for share in SHARES:
         c = crops.copy()
         k = int(round(share * c.shape[2]))
-        if k:
-            c[SIDES[side](k)] = grey
+        for index in SIDES[side](k) if k else []:
+            c[index] = grey
         if blur > 0 or noise > 0:
             c = soften(c, blur, noise, np.random.default_rng(12))
         frames = preprocess_batch(c)

@@ -97,6 +97,8 @@ BAND_STEP = 3
 BAND_MARGIN = 2
 #: Bands wider than this share of the crop's side are not cut (the digit would go with them).
 BAND_MOST = 0.4
+#: A band on all four sides (a window) is cut when this many of the 4x4 blocks are at the paper's level.
+WINDOW_BLOCKS = 5
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as PIL's convert("L")
 
 REASONS = ("no-ink", "several-blobs", "touches-borders", "solid-ink")
@@ -407,14 +409,10 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     :data:`BAND_MARGIN` more lines for its blurred edge, and never more than half of a side.
     """
     n, h, w = x.shape
-    paper, (ring_lo, ring_hi), lo, hi = band_levels(x)
+    paper, blocks, (ring_lo, ring_hi), lo, hi = band_levels(x)
     # A band stands at least half as far from the paper as the crop's other extreme (the ink,
     # when the band is on the paper's other side): a shade of light is no band.
     least = np.maximum(BAND_CONTRAST, BAND_SHARE * np.maximum(paper - lo, hi - paper))
-    # Where the digit fills most of the crop (an MNIST frame, a tight crop) the blocks' median is
-    # ink: the paper must also run along the crop's border, within its quartiles (a band takes
-    # up to half of the border).
-    least[(paper < ring_lo - least / 2) | (paper > ring_hi + least / 2)] = np.inf
     edge = (1.0 - BAND_COVER) / 2
     cuts = np.zeros((n, 4), dtype=np.int64)
 
@@ -433,12 +431,21 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     dark_t, light_t = (paper - least)[:, None, None], (paper + least)[:, None, None]
     ends = [x[:, [0, -1]], x[:, :, [0, -1]].transpose(0, 2, 1)] if h != w else \
         [np.stack([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)]
-    seen = np.zeros(n, dtype=bool)
+    dark_ends, light_ends = [], []
     for lines in ends:
         length = lines.shape[2]
         r_lo, r_hi = int(edge * (length - 1)), int((1.0 - edge) * (length - 1))
-        seen |= (((lines < dark_t).sum(axis=2) > r_hi) | ((lines <= light_t).sum(axis=2) <= r_lo)).any(axis=1)
-    at = np.flatnonzero(seen)
+        dark_ends.append((lines < dark_t).sum(axis=2) > r_hi)
+        light_ends.append((lines <= light_t).sum(axis=2) <= r_lo)
+    dark_end, light_end = np.concatenate(dark_ends, axis=1), np.concatenate(light_ends, axis=1)
+    # Where the digit fills most of the crop (an MNIST frame, a tight crop) the blocks' median is
+    # ink: the paper must also run along the crop's border, within its quartiles (a band takes
+    # up to half of the border), unless a band runs along all four sides (a meter's window) and
+    # the paper inside is even (WINDOW_BLOCKS blocks at its level; a bold digit's blocks are not).
+    even = (np.abs(blocks - paper[:, None]) <= least[:, None] / 4).sum(axis=1) >= WINDOW_BLOCKS
+    window = (dark_end.all(axis=1) | light_end.all(axis=1)) & even
+    on_border = (paper >= ring_lo - least / 2) & (paper <= ring_hi + least / 2)
+    at = np.flatnonzero((dark_end | light_end).any(axis=1) & (on_border | window))
     if len(at) == 0:
         return cuts
     rows = np.arange(len(at))
@@ -460,20 +467,23 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     return cuts
 
 
-def band_levels(x: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
-    """The paper, the quartiles of the border's pixels, the darkest and the lightest level of
-    each crop of ``(N, H, W)``, from every other pixel: the paper is the median of 4x4 blocks'
-    medians (a band fills one side's blocks, the digit a few central ones, so the crop's median
-    can be ink), the extremes the 0.5th and 99.5th percentiles."""
+def band_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray,
+                                        np.ndarray]:
+    """The paper, the 4x4 blocks' medians ``(N, 16)``, the quartiles of the border's pixels, the
+    darkest and the lightest level of each crop of ``(N, H, W)``, from every other pixel: the
+    paper is the median of the blocks' medians (a band fills one side's blocks, the digit a few
+    central ones, so the crop's median can be ink), the extremes the 0.5th and 99.5th
+    percentiles."""
     s = x[:, ::2, ::2]
     n, hs, ws = s.shape
     by, bx = hs // 4, ws // 4
     blocks = s[:, :4 * by, :4 * bx].reshape(n, 4, by, 4, bx).transpose(0, 1, 3, 2, 4).reshape(n * 16, by * bx)
-    paper = kth(kth(blocks, 0.5).reshape(n, 16), 0.5)
+    medians = kth(blocks, 0.5).reshape(n, 16)
+    paper = kth(medians, 0.5)
     ring = kth_many(np.concatenate([x[:, 0, ::2], x[:, -1, ::2], x[:, 1:-1:2, 0], x[:, 1:-1:2, -1]], axis=1),
                     (0.25, 0.75))
     lo, hi = kth_many(s.reshape(n, -1), (0.005, 0.995))
-    return paper, (ring[0], ring[1]), lo, hi
+    return paper, medians, (ring[0], ring[1]), lo, hi
 
 
 # --------------------------------------------------------------------------- the pipeline

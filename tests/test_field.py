@@ -63,10 +63,12 @@ def test_solid_ink_is_refused_and_uneven_light_is_not(digits):
         assert lit.refusals.count("solid-ink") <= 3, (name, lit.refusals.count("solid-ink"))
 
 
-@pytest.mark.parametrize("width, kept", [(8, 0.8), (20, 0.3)])
-def test_twin_agrees_on_a_dark_band_along_a_border(digits, width, kept):
+@pytest.mark.parametrize("width, window, kept", [(8, False, 0.8), (20, False, 0.3), (4, True, 0.6)])
+def test_twin_agrees_on_a_dark_band_along_a_border(digits, width, window, kept):
     crops = field.render(digits[:100], field.MILD, torch.Generator().manual_seed(8))
     crops[:, :, -width:] = 25 / 255  # a bezel along the right border (on the 256 levels numpy is given)
+    if window:  # and the other three: a meter's window
+        crops[:, :width], crops[:, -width:], crops[:, :, :width] = 25 / 255, 25 / 255, 25 / 255
     assert (field._border_bands(crops)[:, 3] > width).float().mean() > 0.9  # cut off, in both
     frames, code = field.preprocess_torch(crops)
     ref = preprocess_batch(torch.round(crops * 255).to(torch.uint8).numpy())

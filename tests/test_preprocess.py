@@ -159,6 +159,20 @@ def test_a_wide_band_along_a_border_is_cut_off(digits, grey, side):
     assert good >= 17, good
 
 
+def test_a_window_around_the_digit_is_cut_off(digits):
+    """A meter's window: a dark bezel on all four sides, the paper inside even."""
+    good = 0
+    for d in digits[0][:20]:
+        ref = preprocess(u8(camera(d, size=120, at=(33, 33))))
+        c = camera(d, size=120, at=(33, 33))
+        c[:14], c[-14:], c[:, :14], c[:, -14:] = 30, 30, 30, 30
+        try:
+            good += close(preprocess(u8(c)), ref) > 0.95
+        except PreprocessError as e:
+            assert e.reason == "touches-borders"
+    assert good >= 17, good
+
+
 def test_bands_are_not_cut_from_camera_renderings():
     """Light falling off, vignetting, blur or a digit at a border is no band: the cut never
     fires on the field renderings, so their frames are as before it."""

@@ -385,23 +385,28 @@ def _border_bands(x: torch.Tensor) -> torch.Tensor:
     hs, ws = s.shape[1:]
     by, bx = hs // 4, ws // 4
     blocks = s[:, :4 * by, :4 * bx].reshape(n, 4, by, 4, bx).permute(0, 1, 3, 2, 4).reshape(n * 16, by * bx)
-    paper = _kth(_kth(blocks, 0.5).view(n, 16), 0.5)
+    medians = _kth(blocks, 0.5).view(n, 16)
+    paper = _kth(medians, 0.5)
     ring = torch.cat([x[:, 0, ::2], x[:, -1, ::2], x[:, 1:-1:2, 0], x[:, 1:-1:2, -1]], 1)
     ring_lo, ring_hi = _kth(ring, 0.25), _kth(ring, 0.75)
     sub = s.reshape(n, -1)
     lo, hi = _kth(sub, 0.005), _kth(sub, 0.995)
     edge = (1.0 - P.BAND_COVER) / 2
     least = torch.clamp_min(P.BAND_SHARE * torch.maximum(paper - lo, hi - paper), P.BAND_CONTRAST)
-    least[(paper < ring_lo - least / 2) | (paper > ring_hi + least / 2)] = float("inf")
     cuts = torch.zeros(n, 4, dtype=torch.int64, device=x.device)
     # The same screen: only crops whose border line is a band's are looked at further.
     dark_t, light_t = (paper - least).view(n, 1, 1), (paper + least).view(n, 1, 1)
-    seen = torch.zeros(n, dtype=torch.bool, device=x.device)
+    dark_ends, light_ends = [], []
     for lines in (x[:, [0, -1]], x[:, :, [0, -1]].transpose(1, 2)):
         length = lines.shape[2]
         r_lo, r_hi = int(edge * (length - 1)), int((1.0 - edge) * (length - 1))
-        seen |= (((lines < dark_t).sum(2) > r_hi) | ((lines <= light_t).sum(2) <= r_lo)).any(1)
-    at = torch.nonzero(seen).view(-1)
+        dark_ends.append((lines < dark_t).sum(2) > r_hi)
+        light_ends.append((lines <= light_t).sum(2) <= r_lo)
+    dark_end, light_end = torch.cat(dark_ends, 1), torch.cat(light_ends, 1)
+    even = ((medians - paper.view(n, 1)).abs() <= least.view(n, 1) / 4).sum(1) >= P.WINDOW_BLOCKS
+    window = (dark_end.all(1) | light_end.all(1)) & even
+    on_border = (paper >= ring_lo - least / 2) & (paper <= ring_hi + least / 2)
+    at = torch.nonzero((dark_end | light_end).any(1) & (on_border | window)).view(-1)
     if len(at) == 0:
         return cuts
     m = len(at)
