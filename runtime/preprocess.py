@@ -407,6 +407,8 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     refusal); cut off, the crop is paper and a digit again. A band of either polarity, ending in
     a step (:data:`BAND_STEP`), at most :data:`BAND_MOST` of the side; with
     :data:`BAND_MARGIN` more lines for its blurred edge, and never more than half of a side.
+    The paper (:func:`band_levels`) must also run along the border, or, for a band on all four
+    sides, fill :data:`WINDOW_BLOCKS` blocks: else the "paper" is a bold digit's ink.
     """
     n, h, w = x.shape
     paper, blocks, (ring_lo, ring_hi), lo, hi = band_levels(x)
@@ -415,16 +417,6 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     least = np.maximum(BAND_CONTRAST, BAND_SHARE * np.maximum(paper - lo, hi - paper))
     edge = (1.0 - BAND_COVER) / 2
     cuts = np.zeros((n, 4), dtype=np.int64)
-
-    def kinds(lines: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per line of ``(M, L, length)`` (crops ``at``): 1 dark band, 2 light, 0 neither; and its median."""
-        m, size, length = lines.shape
-        q_lo, q_mid, q_hi = (q.reshape(m, size) for q in kth_many(lines.reshape(m * size, length),
-                                                                    (edge, 0.5, 1.0 - edge)))
-        dark = q_hi < (paper - least)[at, None]
-        light = q_lo > (paper + least)[at, None]
-        return np.where(dark, 1, np.where(light, 2, 0)), q_mid
-
     # A band takes in the border line itself: only crops where one does are looked at further
     # (most crops end here). Counts stand in for kth_many's ranks, which they equal: the value
     # at rank r is under t exactly when more than r values are.
@@ -448,11 +440,15 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     at = np.flatnonzero((dark_end | light_end).any(axis=1) & (on_border | window))
     if len(at) == 0:
         return cuts
-    rows = np.arange(len(at))
+    m = len(at)
+    rows = np.arange(m)
     p, d_lo, d_hi = paper[at], paper[at] - lo[at], hi[at] - paper[at]
     for axis, lines in enumerate((x[at], x[at].transpose(0, 2, 1))):  # rows (top, bottom), then columns
-        size = lines.shape[1]
-        kind_all, mid_all = kinds(lines, at)
+        size, length = lines.shape[1:]
+        q_lo, mid_all, q_hi = (q.reshape(m, size) for q in kth_many(lines.reshape(m * size, length),
+                                                                      (edge, 0.5, 1.0 - edge)))
+        # Each line: 1 part of a dark band, 2 of a light one, 0 neither.
+        kind_all = np.where(q_hi < dark_t[at, 0], 1, np.where(q_lo > light_t[at, 0], 2, 0))
         for end in (0, 1):  # from the first line inwards, then from the last
             kind, mid = (kind_all, mid_all) if end == 0 else (kind_all[:, ::-1], mid_all[:, ::-1])
             k = np.cumprod((kind == kind[:, :1]) & (kind[:, :1] > 0), axis=1).sum(axis=1)
