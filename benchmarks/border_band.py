@@ -75,9 +75,11 @@ def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey:
             c = soften(c, blur, noise, np.random.default_rng(12))
         frames = preprocess_batch(c)
         ok = frames.ok
-        p = clf.predict(frames.images[ok])
-        right = int((p.accepted & (p.labels == labels[ok])).sum())
-        wrong = int((p.accepted & (p.labels != labels[ok])).sum())
+        right = wrong = 0
+        if ok.any():  # a wide band can leave every crop refused
+            p = clf.predict(frames.images[ok])
+            right = int((p.accepted & (p.labels == labels[ok])).sum())
+            wrong = int((p.accepted & (p.labels != labels[ok])).sum())
         rows.append({"share": share, "right": right, "wrong": wrong, "preprocess_refused": int((~ok).sum()),
                      "gate_refused": int(ok.sum()) - right - wrong})
     return rows
