@@ -2,13 +2,13 @@
 shadow): what the device decides, crop by crop, through ``runtime.preprocess`` and the model.
 
     python benchmarks/border_band.py [ARTIFACT] [--images 200] [--level clean] [--side right] [--grey 25]
-                                     [--blur 0] [--noise 0]
+                                     [--blur 0] [--noise 0] [--start 0] [--seed 11]
 
-Each of the first N test digits is shot as a camera crop at a field level (default "clean":
-64x64, dark ink on grey paper; :data:`toolchain.field.LEVELS`, seed 11), then the lines along
-one side (or all four: a meter's window) are painted a flat grey (default 25, darker than the
-ink; 250 is a light band), from none to 30% of the side (``--blur`` and ``--noise`` then
-soften the whole crop, band included, as a lens and a sensor would). A band that holds more
+Each of N test digits (from ``--start``) is shot as a camera crop at a field level (default
+"clean": 64x64, dark ink on grey paper; :data:`toolchain.field.LEVELS`, seed 11), then the
+lines along one side (or all four: a meter's window) are painted a flat grey (default 25,
+darker than the ink; 250 is a light band), from none to 30% of the side (``--blur`` and
+``--noise`` then soften the whole crop, band included, as a lens and a sensor would). A band that holds more
 ink than the digit used to be taken for the digit (a confident '1'), and a wide one turned the
 polarity test; ``preprocess`` now cuts it off (``border_bands``). The table shows how many
 crops are read right, read wrong, or refused by the preprocessing or the gate.
@@ -59,12 +59,12 @@ def soften(c: np.ndarray, blur: float, noise: float, rng: np.random.Generator) -
 
 
 def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey: int = BAND,
-        blur: float = 0.0, noise: float = 0.0) -> list[dict[str, float]]:
+        blur: float = 0.0, noise: float = 0.0, start: int = 0, seed: int = 11) -> list[dict[str, float]]:
     """Per band width: crops read right, read wrong, refused by the preprocessing, by the gate."""
     clf = Classifier(artifact / "model.onnx")
     test = embedded_mnist("test")
-    crops = render_crops(test.images[:n], field.LEVELS[level], 11)
-    labels = test.labels[:n]
+    crops = render_crops(test.images[start:start + n], field.LEVELS[level], seed)
+    labels = test.labels[start:start + n]
     rows = []
     for share in SHARES:
         c = crops.copy()
@@ -94,8 +94,11 @@ def main() -> None:
     ap.add_argument("--grey", type=int, default=BAND, help="the band's grey level, 0-255")
     ap.add_argument("--blur", type=float, default=0.0, help="Gaussian blur after painting, pixels")
     ap.add_argument("--noise", type=float, default=0.0, help="sensor noise after painting, grey levels")
+    ap.add_argument("--start", type=int, default=0, help="the first test digit (the band rules were set on 0-299)")
+    ap.add_argument("--seed", type=int, default=11, help="the renderings' seed (the band rules were set on 11)")
     args = ap.parse_args()
-    rows = run(Path(args.artifact), args.images, args.level, args.side, args.grey, args.blur, args.noise)
+    rows = run(Path(args.artifact), args.images, args.level, args.side, args.grey, args.blur, args.noise,
+               args.start, args.seed)
     print(f"{'band':>5} {'read right':>11} {'read wrong':>11} {'refused (prep)':>15} {'refused (gate)':>15}"
           f"   of {args.images} crops")
     for r in rows:
