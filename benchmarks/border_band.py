@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,20 +43,14 @@ SIDES["all"] = lambda k: [i for side in ("right", "left", "top", "bottom") for i
 
 
 def soften(c: np.ndarray, blur: float, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """uint8 crops ``(N, H, W)`` after painting: a Gaussian blur of ``blur`` pixels and sensor
-    noise of ``noise`` grey levels, so the band's edge is soft and its face noisy like the rest."""
-    x = c.astype(np.float32)
+    """uint8 crops ``(N, H, W)`` after painting: the renderer's Gaussian blur of ``blur`` pixels
+    and sensor noise of ``noise`` grey levels, so the band's edge is soft and its face noisy like
+    the rest."""
+    x = torch.from_numpy(c.astype(np.float32))
     if blur > 0:
-        r = int(np.ceil(3 * blur))
-        k = np.exp(-0.5 * (np.arange(-r, r + 1) / blur) ** 2)
-        k /= k.sum()
-        p = np.pad(x, ((0, 0), (r, r), (0, 0)), mode="edge")
-        x = sum(k[i] * p[:, i:i + x.shape[1]] for i in range(2 * r + 1))
-        p = np.pad(x, ((0, 0), (0, 0), (r, r)), mode="edge")
-        x = sum(k[i] * p[:, :, i:i + x.shape[2]] for i in range(2 * r + 1))
-    if noise > 0:
-        x = x + rng.normal(0.0, noise, x.shape)
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+        x = field._gaussian_blur(x, torch.full((x.shape[0],), float(blur)))
+    y = x.numpy() + (rng.normal(0.0, noise, x.shape) if noise > 0 else 0.0)
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
 
 
 def run(artifact: Path, n: int, level: str = "clean", side: str = "right", grey: int = BAND,
