@@ -55,6 +55,11 @@ MIN_PART = 100
 #: A fallback rung's threshold is planned where the certifying part is expected to reach this
 #: share of the rung (see :func:`plan_ladder`).
 PLAN_MARGIN = 0.5
+#: The rung walked at is the lowest whose first test the score-fitting part predicts to pass with
+#: at least this probability (see :func:`pass_probability`).
+PLAN_PASS = 0.25
+#: ... and, walking at the asked rung, a larger rung's pair the lowest threshold it predicts to pass with this.
+PAIR_PASS = 0.99
 
 
 @dataclass(frozen=True)
@@ -432,17 +437,49 @@ def _fit_score(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
     return calib
 
 
+def pass_probability(e_fit: int, k_fit: int, k_cert: int, rung: float, delta: float) -> float:
+    """The probability that ``k_cert`` certifying frames err few enough times for their
+    Clopper-Pearson bound to reach ``rung``, predicted from ``e_fit`` errors among ``k_fit``
+    score-fitting frames: the beta-binomial predictive of the error count under the error
+    rate's Jeffreys posterior, Beta(e_fit + 1/2, k_fit - e_fit + 1/2).
+
+    A point estimate (``e_fit / k_fit``) would take two errors among a thousand frames for a
+    rate, although the rate could as well be a fifth of that or three times it."""
+    if k_cert <= 0 or k_fit <= 0:
+        return 0.0
+    # The bound reaches the rung exactly when P(Binomial(k_cert, rung) <= e) <= delta.
+    m = min(k_cert, int(k_cert * rung + 10.0 * math.sqrt(k_cert * rung) + 10))
+    i = np.arange(m + 1, dtype=np.float64)
+    log_choose = np.concatenate(([0.0], np.cumsum(np.log((k_cert - i[:-1]) / (i[:-1] + 1.0)))))
+    log_pmf = log_choose + i * math.log(rung) + (k_cert - i) * math.log1p(-rung)
+    most = int(np.searchsorted(np.cumsum(np.exp(log_pmf)), delta, side="right")) - 1
+    if most < 0:
+        return 0.0
+    a, b = e_fit + 0.5, k_fit - e_fit + 0.5
+    e = i[:most + 1]
+    # log Gamma(e + a) - log Gamma(a) and log Gamma(k_cert - e + b) - log Gamma(k_cert + b), as running sums.
+    up = np.concatenate(([0.0], np.cumsum(np.log(a + e[:-1]))))
+    down = -np.concatenate(([0.0], np.cumsum(np.log(k_cert + b - 1.0 - e[:-1]))))
+    log_bb = (log_choose[:most + 1] + up + down + math.lgamma(a) + math.lgamma(k_cert + b) - math.lgamma(k_cert + a + b)
+              - math.lgamma(a) - math.lgamma(b) + math.lgamma(a + b))
+    return float(min(1.0, np.exp(log_bb).sum()))
+
+
 def plan_ladder(fit_scores: np.ndarray, fit_ok: np.ndarray, thresholds: np.ndarray, n_cert: int,
-                rungs: tuple[float, ...], delta: float) -> tuple[list[tuple[float, float]], float]:
+                rungs: tuple[float, ...], delta: float,
+                walk_pass: float | None = PLAN_PASS) -> tuple[list[tuple[float, float]], float]:
     """The fixed sequence :func:`certify_ladder` tests, planned from the score-fitting part only.
 
-    For each threshold the score-fitting part's error rate among the frames it accepts is
-    taken as the certifying part's, giving the Clopper-Pearson bound that part would be
-    expected to reach. The walk rung is the lowest rung expected to pass at the most
-    conservative threshold; every larger rung is paired with the lowest threshold expected to
-    reach :data:`PLAN_MARGIN` of it, with all thresholds above it, so that where the certifying
-    data disappoints the gate falls back to a larger risk at a useful coverage rather than to
-    the first threshold.
+    The walk rung is the lowest rung whose test at the most conservative threshold the
+    score-fitting part predicts to pass with probability :data:`PLAN_PASS`
+    (:func:`pass_probability`). Every larger rung is paired with a threshold, so that where the
+    certifying data disappoints the gate falls back to a larger risk at a useful coverage rather
+    than to the first threshold: walking at the asked (lowest) rung, the lowest threshold that the
+    pair is predicted to pass with :data:`PAIR_PASS` (a pair that fails ends the sequence before
+    the walk); walking at a larger rung already, the lowest threshold at which the fit part's
+    error rate, taken as the certifying part's, gives a Clopper-Pearson bound of
+    :data:`PLAN_MARGIN` of the rung, with all thresholds above it. ``walk_pass=None`` plans as
+    before this rule: the walk rung from that error rate too, and every pair at the margin.
     Looking only at the score-fitting part keeps the plan independent of the data that
     certifies, as the fixed-sequence guarantee requires.
 
@@ -466,14 +503,37 @@ def plan_ladder(fit_scores: np.ndarray, fit_ok: np.ndarray, thresholds: np.ndarr
         expected.append(expected_bound(float(theta)))
         if expected[-1] > PLAN_MARGIN * top:  # no planned pair stops here or below
             break
-    walk = next((r for r in sorted(rungs) if expected[0] <= r), top)
+    if walk_pass is None:
+        walk = next((r for r in sorted(rungs) if expected[0] <= r), top)
+    else:
+        acc = fit_scores >= thresholds[0]
+        k_fit, e_fit = int(acc.sum()), int(wrong[acc].sum())
+        k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
+        walk = next((r for r in sorted(rungs)
+                     if pass_probability(e_fit, k_fit, k_cert, r, delta) >= walk_pass), top)
+    # Walking at the asked rung, the larger rungs' pairs are insurance, for a walk whose first
+    # test fails; each can end the sequence before the walk, so each goes where the fit part
+    # predicts it to pass with PAIR_PASS. Walking at a larger rung already, they are planned for
+    # coverage, at half the rung.
+    insurance = walk_pass is not None and walk == min(rungs)
+    accepted = len(fit_scores) - np.searchsorted(np.sort(fit_scores), np.asarray(thresholds, dtype=np.float64))
+    errors_above = np.concatenate(([0], np.cumsum(wrong[np.argsort(-fit_scores, kind="stable")])))
+
+    def sure(j: int, r: float) -> bool:
+        k = int(accepted[j])
+        k_cert = max(1, int(round(k / len(fit_scores) * n_cert)))
+        return pass_probability(int(errors_above[k]), k, k_cert, r, delta) >= PAIR_PASS
+
     plan = []
     for r in sorted((r for r in rungs if r > walk), reverse=True):
-        # Half the rung: a planned pair that fails ends the sequence before the walk, so it must
-        # all but never fail where the walk rung would have passed (MNIST's default never meets it).
         j = 0
-        while j + 1 < len(expected) and expected[j + 1] <= PLAN_MARGIN * r:
-            j += 1
+        if insurance:
+            while j + 1 < len(thresholds) and sure(j + 1, r):
+                j += 1
+        else:
+            # Half the rung: a planned pair that fails ends the sequence before the walk.
+            while j + 1 < len(expected) and expected[j + 1] <= PLAN_MARGIN * r:
+                j += 1
         plan.append((r, float(thresholds[j])))
     return plan, walk
 
