@@ -460,8 +460,9 @@ def pass_probability(e_fit: int, k_fit: int, k_cert: int, rung: float, delta: fl
     # log Gamma(e + a) - log Gamma(a) and log Gamma(k_cert - e + b) - log Gamma(k_cert + b), as running sums.
     up = np.concatenate(([0.0], np.cumsum(np.log(a + e[:-1]))))
     down = -np.concatenate(([0.0], np.cumsum(np.log(k_cert + b - 1.0 - e[:-1]))))
-    log_bb = (log_choose[:most + 1] + up + down + math.lgamma(a) + math.lgamma(k_cert + b) - math.lgamma(k_cert + a + b)
-              - math.lgamma(a) - math.lgamma(b) + math.lgamma(a + b))
+    # The pmf's Gamma(a) from ``up`` cancels the one of B(a, b).
+    log_bb = (log_choose[:most + 1] + up + down + math.lgamma(k_cert + b) - math.lgamma(k_cert + a + b)
+              - math.lgamma(b) + math.lgamma(a + b))
     return float(min(1.0, np.exp(log_bb).sum()))
 
 
@@ -488,47 +489,41 @@ def plan_ladder(fit_scores: np.ndarray, fit_ok: np.ndarray, thresholds: np.ndarr
     fit_scores = np.asarray(fit_scores, dtype=np.float64)
     wrong = ~np.asarray(fit_ok, dtype=bool)
     top = max(rungs)
+    # How many fit frames each threshold accepts, and how many of them err (the surest first).
+    accepted = len(fit_scores) - np.searchsorted(np.sort(fit_scores), np.asarray(thresholds, dtype=np.float64))
+    errors_above = np.concatenate(([0], np.cumsum(wrong[np.argsort(-fit_scores, kind="stable")])))
 
-    def expected_bound(theta: float) -> float:
-        acc = fit_scores >= theta
-        k_fit = int(acc.sum())
-        if k_fit == 0:
-            return 1.0
-        rate = float(wrong[acc].sum()) / k_fit
-        k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
-        return binomial_upper_bound(int(round(rate * k_cert)), k_cert, delta)
+    def counts(j: int) -> tuple[int, int, int]:
+        """At threshold j: the fit part's errors and accepted frames, and the certifying frames
+        expected to be accepted."""
+        k = int(accepted[j])
+        return int(errors_above[k]), k, max(1, int(round(k / len(fit_scores) * n_cert)))
 
-    expected: list[float] = []
-    for theta in thresholds:
-        expected.append(expected_bound(float(theta)))
-        if expected[-1] > PLAN_MARGIN * top:  # no planned pair stops here or below
-            break
+    def expected_bound(j: int) -> float:
+        """The bound the certifying part reaches at threshold j if it errs at the fit part's rate."""
+        e, k, k_cert = counts(j)
+        return 1.0 if k == 0 else binomial_upper_bound(int(round(e / k * k_cert)), k_cert, delta)
+
     if walk_pass is None:
-        walk = next((r for r in sorted(rungs) if expected[0] <= r), top)
+        walk = next((r for r in sorted(rungs) if expected_bound(0) <= r), top)
     else:
-        acc = fit_scores >= thresholds[0]
-        k_fit, e_fit = int(acc.sum()), int(wrong[acc].sum())
-        k_cert = max(1, int(round(k_fit / len(fit_scores) * n_cert)))
-        walk = next((r for r in sorted(rungs)
-                     if pass_probability(e_fit, k_fit, k_cert, r, delta) >= walk_pass), top)
+        walk = next((r for r in sorted(rungs) if pass_probability(*counts(0), r, delta) >= walk_pass), top)
     # Walking at the asked rung, the larger rungs' pairs are insurance, for a walk whose first
     # test fails; each can end the sequence before the walk, so each goes where the fit part
     # predicts it to pass with PAIR_PASS. Walking at a larger rung already, they are planned for
     # coverage, at half the rung.
     insurance = walk_pass is not None and walk == min(rungs)
-    accepted = len(fit_scores) - np.searchsorted(np.sort(fit_scores), np.asarray(thresholds, dtype=np.float64))
-    errors_above = np.concatenate(([0], np.cumsum(wrong[np.argsort(-fit_scores, kind="stable")])))
-
-    def sure(j: int, r: float) -> bool:
-        k = int(accepted[j])
-        k_cert = max(1, int(round(k / len(fit_scores) * n_cert)))
-        return pass_probability(int(errors_above[k]), k, k_cert, r, delta) >= PAIR_PASS
-
+    expected: list[float] = []
+    if not insurance:
+        for j in range(len(thresholds)):
+            expected.append(expected_bound(j))
+            if expected[-1] > PLAN_MARGIN * top:  # no planned pair stops here or below
+                break
     plan = []
     for r in sorted((r for r in rungs if r > walk), reverse=True):
         j = 0
         if insurance:
-            while j + 1 < len(thresholds) and sure(j + 1, r):
+            while j + 1 < len(thresholds) and pass_probability(*counts(j + 1), r, delta) >= PAIR_PASS:
                 j += 1
         else:
             # Half the rung: a planned pair that fails ends the sequence before the walk.
