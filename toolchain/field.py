@@ -416,8 +416,7 @@ def _border_bands(x: torch.Tensor) -> torch.Tensor:
         size, length = lines.shape[1:]
         flat = lines.reshape(m * size, length)
         q_lo, q_mid, q_hi = (_kth(flat, q).view(m, size) for q in (edge, 0.5, 1.0 - edge))
-        kinds = torch.where(q_hi < (paper - least)[at].view(m, 1), 1,
-                            torch.where(q_lo > (paper + least)[at].view(m, 1), 2, 0))
+        kinds = torch.where(q_hi < dark_t[at].view(m, 1), 1, torch.where(q_lo > light_t[at].view(m, 1), 2, 0))
         for end in (0, 1):
             kind, mid = (kinds, q_mid) if end == 0 else (kinds.flip(1), q_mid.flip(1))
             k = torch.cumprod(((kind == kind[:, :1]) & (kind[:, :1] > 0)).long(), 1).sum(1)
