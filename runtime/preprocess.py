@@ -35,7 +35,8 @@ or a reason per crop from :func:`preprocess_batch`:
   a component is never taken for the digit while another one is there, however much more ink
   it holds;
 - ``solid-ink``: a background tile is covered by ink (:func:`solid_tiles`): a blot or another
-  object, which the flattening would hollow into a ring or a bar, a fair '0' or '1'.
+  object, which the flattening would hollow into a ring or a bar, a fair '0' or '1'; or an
+  object so large that the paper around it was taken for the ink (its tiles stand below the paper's).
 
 :mod:`toolchain.field` holds the torch twin of this module that training runs on the GPU
 or CPU; a test holds the two to the same frames.
@@ -80,6 +81,9 @@ NOISE_SIGMAS = 4.0
 MIN_CONTRAST = 0.04
 #: A background tile this share of the ink's height above the light's plane is solid ink.
 SOLID_SHARE = 1.0
+#: A background tile this share of the ink's height below the light's quadratic surface is an
+#: object the polarity test took for the paper (:func:`solid_tiles`).
+HOLLOW_SHARE = 0.15
 #: Ink spans fewer working pixels than this: a speck, not a digit.
 MIN_EXTENT = 3.0
 #: A border line (row or column) belongs to a band along that side (a bezel, the paper's edge, a
@@ -259,22 +263,36 @@ def solid_tiles(paper: np.ndarray, level: np.ndarray) -> np.ndarray:
     plane fitted to the tiles' levels, refitted without the quarter that stand highest above
     it, models the paper; a tile that stands more than :data:`SOLID_SHARE` of the ink's height
     above that plane is ink, which the local flattening hid (it hollows a blot into a ring and
-    turns an object's edge into a bar, a fair '0' and '1'). Fewer than nine tiles: never.
+    turns an object's edge into a bar, a fair '0' and '1').
+
+    An object that fills a third of the crop or more can also turn the polarity test: the
+    paper around it is then taken for the ink, and the object for the paper, whose tiles stand
+    *below* the light's surface. A quadratic surface (light falling off and a vignette, which
+    a plane does not follow), fitted the same way, models the paper then; a tile more than
+    :data:`HOLLOW_SHARE` of the ink's height below it is refused too. Fewer than nine tiles: never.
     """
     n, ty, tx = paper.shape
     k = ty * tx
     if k < 9:
         return np.zeros(n, dtype=bool)
-    a, a_pinv = plane_design(ty, tx)
     v = paper.reshape(n, k).astype(np.float64)
+    above = robust_residuals(v, *plane_design(ty, tx)).max(axis=1)
+    below = -robust_residuals(v, *surface_design(ty, tx)).min(axis=1)
+    lv = level.astype(np.float64)
+    return (above > SOLID_SHARE * lv) | (below > HOLLOW_SHARE * lv)
+
+
+def robust_residuals(v: np.ndarray, a: np.ndarray, a_pinv: np.ndarray) -> np.ndarray:
+    """``(N, k)``: tile levels ``v`` less the least-squares fit of design ``a`` (``(k, p)``, with its
+    pseudo-inverse), refitted without the quarter of the tiles that stand highest above the first fit."""
+    n, k = v.shape
     first = v - (v @ a_pinv.T) @ a.T
     wgt = np.ones((n, k), dtype=np.float64)
     wgt[np.arange(n)[:, None], np.argsort(first, axis=1, kind="stable")[:, k - k // 4:]] = 0.0
     lhs = np.einsum("nk,ki,kj->nij", wgt, a, a)
     rhs = np.einsum("nk,ki,nk->ni", wgt, a, v)
     coef = np.linalg.solve(lhs, rhs[..., None])[..., 0]
-    above = (v - coef @ a.T).max(axis=1)
-    return above > SOLID_SHARE * level.astype(np.float64)
+    return v - coef @ a.T
 
 
 @lru_cache(maxsize=16)
@@ -282,6 +300,15 @@ def plane_design(ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
     """``(ty * tx, 3)``: 1, row and column of each tile, for a least-squares plane, and its pseudo-inverse."""
     gy, gx = np.mgrid[0:ty, 0:tx]
     a = np.stack([np.ones(ty * tx), gy.ravel(), gx.ravel()], axis=1).astype(np.float64)
+    return a, np.linalg.pinv(a)
+
+
+@lru_cache(maxsize=16)
+def surface_design(ty: int, tx: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ty * tx, 6)``: a quadratic surface's terms at each tile (centred), and its pseudo-inverse."""
+    gy, gx = np.mgrid[0:ty, 0:tx].astype(np.float64)
+    gy, gx = gy.ravel() - (ty - 1) / 2, gx.ravel() - (tx - 1) / 2
+    a = np.stack([np.ones(ty * tx), gy, gx, gy * gy, gy * gx, gx * gx], axis=1)
     return a, np.linalg.pinv(a)
 
 

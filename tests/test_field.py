@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -61,6 +62,35 @@ def test_solid_ink_is_refused_and_uneven_light_is_not(digits):
     for name in ("harsh", "gradient", "vignette"):
         lit = preprocess_batch(render_crops((digits[:, 0].numpy() * 255).astype(np.uint8), field.LEVELS[name], 4))
         assert lit.refusals.count("solid-ink") <= 3, (name, lit.refusals.count("solid-ink"))
+
+
+def _object_edges(n: int, seed: int) -> np.ndarray:
+    """Half-planes with a ragged border (the field benchmark's clutter edges): an object filling
+    a third to two thirds of the crop."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:28, 0:28] + 0.5
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        ang = rng.uniform(0, 2 * np.pi)
+        ragged = np.sin(xx * rng.uniform(0.3, 0.9) + rng.uniform(0, 6)) * 2
+        out[i] = (((xx - 14) * np.cos(ang) + (yy - 14) * np.sin(ang) + ragged) > rng.uniform(-4, 4)) * 255
+    return out
+
+
+def test_an_object_that_turns_the_polarity_test_is_refused(digits):
+    """An object as large as the paper around it can make the paper look like the ink: the
+    object's tiles then stand below the light's surface, and the crop is refused as solid ink
+    (before that check, 65-72 of 200 such crops were; the frames that passed were the paper's
+    edge along the object, a fair '1'). numpy and the twin agree; digits under light falling
+    off and a vignette beyond the harsh level's, at its lowest contrast, are not refused."""
+    crops = render_crops(_object_edges(200, 6), field.MILD, 3)
+    ref = preprocess_batch(crops).refusals
+    _, code = field.preprocess_torch(torch.from_numpy(crops).float() / 255)
+    assert [REASONS[k - 1] if k else None for k in code.tolist()] == list(ref)
+    assert ref.count("solid-ink") >= 90, ref.count("solid-ink")
+    dim = replace(field.HARSH, gradient=(0.45, 0.45), vignette=(0.3, 0.3), contrast=(0.3, 0.3))
+    lit = preprocess_batch(render_crops((digits[:, 0].numpy() * 255).astype(np.uint8), dim, 4))
+    assert lit.refusals.count("solid-ink") <= 3, lit.refusals.count("solid-ink")
 
 
 @pytest.mark.parametrize("width, window, kept", [(8, False, 0.8), (20, False, 0.3), (4, True, 0.6)])

@@ -318,17 +318,24 @@ def _solid_tiles(paper: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     k = ty * tx
     if k < 9:
         return torch.zeros(n, dtype=torch.bool, device=paper.device)
-    a_np, pinv_np = P.plane_design(ty, tx)
-    a, a_pinv = torch.from_numpy(a_np).to(paper.device), torch.from_numpy(pinv_np).to(paper.device)
     v = paper.reshape(n, k).double()
+    above = _robust_residuals(v, *P.plane_design(ty, tx)).amax(1)
+    below = -_robust_residuals(v, *P.surface_design(ty, tx)).amin(1)
+    lv = level.double()
+    return (above > P.SOLID_SHARE * lv) | (below > P.HOLLOW_SHARE * lv)
+
+
+def _robust_residuals(v: torch.Tensor, a_np: np.ndarray, pinv_np: np.ndarray) -> torch.Tensor:
+    """``runtime.preprocess.robust_residuals`` in torch."""
+    n, k = v.shape
+    a, a_pinv = torch.from_numpy(a_np).to(v.device), torch.from_numpy(pinv_np).to(v.device)
     first = v - (v @ a_pinv.T) @ a.T
-    wgt = torch.ones(n, k, dtype=torch.float64, device=paper.device)
+    wgt = torch.ones(n, k, dtype=torch.float64, device=v.device)
     wgt.scatter_(1, torch.sort(first, dim=1, stable=True).indices[:, k - k // 4:], 0.0)
     lhs = torch.einsum("nk,ki,kj->nij", wgt, a, a)
     rhs = torch.einsum("nk,ki,nk->ni", wgt, a, v)
     coef = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
-    above = (v - coef @ a.T).amax(1)
-    return above > P.SOLID_SHARE * level.double()
+    return v - coef @ a.T
 
 
 def _otsu(x: torch.Tensor, top: torch.Tensor, bins: int = P.OTSU_BINS) -> torch.Tensor:
