@@ -19,7 +19,8 @@ The steps (one batched implementation; :func:`preprocess` is a batch of one):
    one component. The component with the most ink is the digit; components within two
    cells of it join it; the rest (specks, border clutter) are dropped.
 5. **MNIST's normalisation.** Ink is scaled so its median stroke level is 1 (cores saturate,
-   edges keep their anti-aliasing); the ink's extent (the sum of its row and column
+   edges keep their anti-aliasing) and what stays under a fifth of that level is dropped (a
+   blurred stroke's skirt, :data:`INK_FLOOR`); the ink's extent (the sum of its row and column
    profiles, which blur does not change) is fitted into a 20x20 box keeping its aspect
    ratio, and the frame is resampled (Keys cubic, widened when shrinking, so anti-aliased)
    with the ink's centre of mass at the centre of the 28x28 frame, to a fraction of a pixel.
@@ -84,6 +85,10 @@ SOLID_SHARE = 1.0
 #: A background tile this share of the ink's height below the light's quadratic surface is an
 #: object the polarity test took for the paper (:func:`solid_tiles`).
 HOLLOW_SHARE = 0.15
+#: Ink fainter than this share of its median level is paper: a blurred stroke's skirt, which would
+#: otherwise thicken the stroke (MNIST's own edges are a pixel wide). Training's field frames keep
+#: the skirt (``toolchain.field.field_frames(..., ink_floor=0)``), a stroke-width augmentation.
+INK_FLOOR = 0.2
 #: Ink spans fewer working pixels than this: a speck, not a digit.
 MIN_EXTENT = 3.0
 #: A border line (row or column) belongs to a band along that side (a bezel, the paper's edge, a
@@ -624,7 +629,7 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
     cum = np.cumsum(hist, axis=1)
     mid = np.argmax(cum * 2 >= count[:, None], axis=1)
     level = ((mid + 0.5) / LEVEL_BINS * top).astype(np.float32)
-    floor = base + 3.0 * sigma
+    floor = np.maximum(base + 3.0 * sigma, np.float32(INK_FLOOR) * level)
     span = np.maximum(level - floor, np.float32(1e-6))
     v = np.clip((flat - floor[:, None, None]) / span[:, None, None], 0.0, 1.0) * region
 

@@ -309,7 +309,7 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
         if i < k:
             m = min(k - i, xb.shape[0])
             xb = torch.cat([make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed), xb[m:]])
-        fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False)
+        fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False, ink_floor=0.0)
         xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
     y[:k] = -1
     return torch.round(torch.cat(xs) * 255).to(torch.uint8), y
