@@ -449,8 +449,10 @@ def pass_probability(e_fit: int, k_fit: int, k_cert: int, rung: float, delta: fl
         return 0.0
     # The bound reaches the rung exactly when P(Binomial(k_cert, rung) <= e) <= delta.
     m = min(k_cert, int(k_cert * rung + 10.0 * math.sqrt(k_cert * rung) + 10))
-    i = np.arange(m + 1, dtype=np.float64)
-    log_choose = np.concatenate(([0.0], np.cumsum(np.log((k_cert - i[:-1]) / (i[:-1] + 1.0)))))
+    lf = _log_factorials(k_cert)
+    j = np.arange(m + 1)
+    i = j.astype(np.float64)
+    log_choose = lf[k_cert] - lf[j] - lf[k_cert - j]
     log_pmf = log_choose + i * math.log(rung) + (k_cert - i) * math.log1p(-rung)
     most = int(np.searchsorted(np.cumsum(np.exp(log_pmf)), delta, side="right")) - 1
     if most < 0:
