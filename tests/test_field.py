@@ -14,7 +14,7 @@ from runtime import Classifier, find_digits, preprocess_batch
 from runtime.preprocess import REASONS
 from toolchain import field
 from toolchain.cli import main
-from toolchain.fieldbench import non_digit_frames, render_crops
+from toolchain.fieldbench import non_digit_frames, object_edge, render_crops
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,9 @@ def test_solid_ink_is_refused_and_uneven_light_is_not(digits):
 
 
 def _object_edges(n: int, seed: int) -> np.ndarray:
-    """Half-planes with a ragged border (the field benchmark's clutter edges): an object filling
-    a third to two thirds of the crop."""
+    """The field benchmark's clutter edges, light on dark."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:28, 0:28] + 0.5
-    out = np.zeros((n, 28, 28), np.uint8)
-    for i in range(n):
-        ang = rng.uniform(0, 2 * np.pi)
-        ragged = np.sin(xx * rng.uniform(0.3, 0.9) + rng.uniform(0, 6)) * 2
-        out[i] = (((xx - 14) * np.cos(ang) + (yy - 14) * np.sin(ang) + ragged) > rng.uniform(-4, 4)) * 255
-    return out
+    return np.stack([object_edge(rng) for _ in range(n)]).astype(np.uint8) * 255
 
 
 def test_an_object_that_turns_the_polarity_test_is_refused(digits):

@@ -92,6 +92,15 @@ def render_crops(images: np.ndarray, level: field.FieldLevel, seed: int) -> np.n
     return torch.round(crops * 255).to(torch.uint8).numpy()
 
 
+def object_edge(rng: np.random.Generator) -> np.ndarray:
+    """bool ``(28, 28)``: an object's edge, a half-plane with a ragged border at a random angle
+    and offset (filling a third to two thirds of the frame)."""
+    yy, xx = np.mgrid[0:28, 0:28] + 0.5
+    ang = rng.uniform(0, 2 * np.pi)
+    ragged = np.sin(xx * rng.uniform(0.3, 0.9) + rng.uniform(0, 6)) * 2
+    return ((xx - 14) * np.cos(ang) + (yy - 14) * np.sin(ang) + ragged) > rng.uniform(-4, 4)
+
+
 def non_digit_frames(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """Light-on-dark 28x28 'frames' of things that are no digit, for the renderer to shoot."""
     if kind == "letters":
@@ -126,10 +135,8 @@ def non_digit_frames(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
                 cx, cy = rng.uniform(11, 17, 2)
                 a, b = rng.uniform(6, 11, 2)
                 out[i] = ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
-            else:  # an object's edge: a half-plane with a ragged border
-                ang = rng.uniform(0, 2 * np.pi)
-                ragged = np.sin(xx * rng.uniform(0.3, 0.9) + rng.uniform(0, 6)) * 2
-                out[i] = ((xx - 14) * np.cos(ang) + (yy - 14) * np.sin(ang) + ragged) > rng.uniform(-4, 4)
+            else:
+                out[i] = object_edge(rng)
         return (out * 255).astype(np.uint8)
     raise ValueError(f"non-digit kind {kind!r}: expected one of {', '.join(NON_DIGIT_KINDS)}")
 
