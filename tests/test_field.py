@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from runtime import Classifier, find_digits, preprocess_batch
-from runtime.preprocess import REASONS
+from runtime.preprocess import REASONS, refit_tables, robust_residuals
 from toolchain import field
 from toolchain.cli import main
 from toolchain.fieldbench import non_digit_frames, object_edge, render_crops
@@ -84,6 +84,29 @@ def test_an_object_that_turns_the_polarity_test_is_refused(digits):
     dim = replace(field.HARSH, gradient=(0.45, 0.45), vignette=(0.3, 0.3), contrast=(0.3, 0.3))
     lit = preprocess_batch(render_crops((digits[:, 0].numpy() * 255).astype(np.uint8), dim, 4))
     assert lit.refusals.count("solid-ink") <= 3, lit.refusals.count("solid-ink")
+
+
+@pytest.mark.parametrize("kind", ["plane", "surface"])
+@pytest.mark.parametrize("tiles", [(4, 4), (3, 4), (3, 3)])
+def test_the_refit_tables_give_the_least_squares_refit(kind, tiles):
+    """``solid_tiles`` refits without the quarter of the tiles highest above the first fit by a
+    pseudo-inverse looked up by that set's rank: the same residuals as a least-squares fit of
+    the kept tiles (ties among the highest included), in numpy and the twin."""
+    ty, tx = tiles
+    a, refit, ranks = refit_tables(kind, ty, tx)
+    k, m = ty * tx, ty * tx // 4
+    v = np.random.default_rng(8).normal(size=(300, k))
+    v[:50] = np.round(v[:50])  # ties
+    first = v - v @ np.linalg.pinv(a).T @ a.T  # as the module computes it, so ties order alike
+    want = np.empty_like(v)
+    for i in range(len(v)):
+        kept = np.sort(np.argsort(first[i], kind="stable")[:k - m])
+        want[i] = v[i] - a @ np.linalg.lstsq(a[kept], v[i, kept], rcond=None)[0]
+    assert np.abs(robust_residuals(v, a, refit, ranks) - want).max() < 1e-9
+    # The twin's first fit may differ from numpy's in the last bit, which orders exact ties
+    # otherwise: it is held to the rows without them.
+    twin = field._robust_residuals(torch.from_numpy(v[50:]), a, refit, ranks).numpy()
+    assert np.abs(twin - want[50:]).max() < 1e-9
 
 
 def test_a_blurred_stroke_is_not_thickened(digits, mnist_test):

@@ -319,22 +319,21 @@ def _solid_tiles(paper: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
     if k < 9:
         return torch.zeros(n, dtype=torch.bool, device=paper.device)
     v = paper.reshape(n, k).double()
-    above = _robust_residuals(v, *P.plane_design(ty, tx)).amax(1)
-    below = -_robust_residuals(v, *P.surface_design(ty, tx)).amin(1)
+    above = _robust_residuals(v, *P.refit_tables("plane", ty, tx)).amax(1)
+    below = -_robust_residuals(v, *P.refit_tables("surface", ty, tx)).amin(1)
     lv = level.double()
     return (above > P.SOLID_SHARE * lv) | (below > P.HOLLOW_SHARE * lv)
 
 
-def _robust_residuals(v: torch.Tensor, a_np: np.ndarray, pinv_np: np.ndarray) -> torch.Tensor:
-    """``runtime.preprocess.robust_residuals`` in torch."""
-    n, k = v.shape
-    a, a_pinv = torch.from_numpy(a_np).to(v.device), torch.from_numpy(pinv_np).to(v.device)
-    first = v - (v @ a_pinv.T) @ a.T
-    wgt = torch.ones(n, k, dtype=torch.float64, device=v.device)
-    wgt.scatter_(1, torch.sort(first, dim=1, stable=True).indices[:, k - k // 4:], 0.0)
-    lhs = torch.einsum("nk,ki,kj->nij", wgt, a, a)
-    rhs = torch.einsum("nk,ki,nk->ni", wgt, a, v)
-    coef = torch.linalg.solve(lhs, rhs.unsqueeze(-1)).squeeze(-1)
+def _robust_residuals(v: torch.Tensor, a_np: np.ndarray, refit_np: np.ndarray, ranks_np: np.ndarray) -> torch.Tensor:
+    """``runtime.preprocess.robust_residuals`` in torch, with the same tables."""
+    k = v.shape[1]
+    m = k // 4
+    a, refit = torch.from_numpy(a_np).to(v.device), torch.from_numpy(refit_np).to(v.device)
+    ranks = torch.from_numpy(ranks_np).to(v.device)
+    first = v - v @ refit[0].T @ a.T
+    out = torch.sort(torch.sort(first, dim=1, stable=True).indices[:, k - m:], dim=1).values
+    coef = torch.einsum("npk,nk->np", refit[ranks[out, torch.arange(m, device=v.device)].sum(1) + 1], v)
     return v - coef @ a.T
 
 
