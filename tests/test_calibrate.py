@@ -77,6 +77,8 @@ def test_novelty_ceiling_is_fitted_and_optional(artifact, setup, tmp_path):
     calib = json.loads((art / "calibration.json").read_text())
     assert calib["score"] == "msp-energy" and calib["novelty_ceiling_percentile"] == 99
     assert "novelty residual" in calib["score_definition"]
+    # A digit's raw frame and its rendering stay on one side of the division.
+    assert calib["score_fit"]["divided_by"] == "digit"
     g = json.loads(r.output)
     seed_row = next(row for row in g["comparison"] if row["score"] == "seed-minmax")
     assert g["versus_seed_rule"]["seed_coverage"] == seed_row["test"]["coverage"] > 0
@@ -84,9 +86,13 @@ def test_novelty_ceiling_is_fitted_and_optional(artifact, setup, tmp_path):
     ckpt = load_checkpoint(art / "checkpoint.pt")
     del ckpt["novelty"]
     save_checkpoint(art / "checkpoint.pt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
-    r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1")
+    r = _run(art, setup, "--target-risk", "0.03", "--delta", "0.1", "--one-frame-per-digit")
     assert r.exit_code == 0, r.output
-    assert "novelty_ceiling" not in json.loads((art / "calibration.json").read_text())
+    calib = json.loads((art / "calibration.json").read_text())
+    assert "novelty_ceiling" not in calib
+    # One frame of each certifying digit: no more certifying frames than held-out digits outside the fit.
+    assert calib["score_fit"]["divided_by"] == "digit, one frame of each certifying"
+    assert calib["certification"]["n"] <= 1200 - calib["score_fit"]["n"] // 2
     r = _run(art, setup, "--novelty-ceiling", "0")
     assert r.exit_code == 2 and "novelty ceiling 0.0: expected a percentile in (0, 100]" in r.output
 

@@ -80,6 +80,10 @@ class GateConfig:
     novelty_ceiling: float = DEFAULT_NOVELTY_CEILING
     strict_risk: bool = False
     score_fit_fraction: float = 0.1
+    #: Where a digit has several held-out frames (a field model's), certify with one of each
+    #: (:func:`split_for_scoring`): independent draws, as the bound assumes; about a point less
+    #: coverage on average, and more spread between divisions.
+    one_frame_per_digit: bool = False
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -410,11 +414,39 @@ def fit_seed_rule(logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     return calib
 
 
-def split_for_scoring(n: int, fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of held-out indices into (score-fitting, certification) parts."""
-    perm = np.random.default_rng(seed).permutation(n)
-    k = int(round(n * fraction))
-    return np.sort(perm[:k]), np.sort(perm[k:])
+def split_for_scoring(n: int, fraction: float, seed: int = 0, groups: np.ndarray | None = None,
+                      one_per_group: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of held-out indices into (score-fitting, certification) parts.
+
+    With ``groups`` (int ``(n,)``: the held-out digit each frame shows, its raw frame and its
+    camera rendering alike), the split is by digit: ``fraction`` of the digits fit the score,
+    the others certify, each with all of its frames, or with ``one_per_group`` with one of them
+    picked by a seeded coin. A digit's key and coin are drawn by its id, so a frame that leaves
+    the set (a rendering the preprocessing refuses) moves no other frame, and no digit is on
+    both sides. Two frames of one digit are no independent draws (a mislabelled digit is wrong,
+    and sure, in both), which the certificate's binomial bound assumes: only one frame a digit
+    makes its draws independent (:attr:`GateConfig.one_frame_per_digit`).
+    """
+    if groups is None:
+        perm = np.random.default_rng(seed).permutation(n)
+        k = int(round(n * fraction))
+        return np.sort(perm[:k]), np.sort(perm[k:])
+    groups = np.asarray(groups, dtype=np.int64)
+    if groups.shape != (n,) or (n and groups.min() < 0):
+        raise GateError(f"groups of shape {groups.shape}: expected ({n},) non-negative digit ids")
+    if n == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    # Row by row, so digit d's (key, coin) is the same whatever the largest id.
+    key, coin = np.random.default_rng(seed).random((int(groups.max()) + 1, 2)).T
+    fit = key[groups] < fraction
+    cert = np.flatnonzero(~fit)
+    if one_per_group:
+        cert = cert[np.argsort(groups[cert], kind="stable")]
+        g = groups[cert]
+        starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+        counts = np.diff(np.r_[starts, len(g)])
+        cert = np.sort(cert[starts + (coin[g[starts]] * counts).astype(np.int64)])
+    return np.flatnonzero(fit), cert
 
 
 def _fit_score(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
@@ -604,7 +636,7 @@ def fit_uncertified(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig, *, 
 
 
 def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
-                   novelty: np.ndarray | None = None) -> dict[str, Any]:
+                   novelty: np.ndarray | None = None, groups: np.ndarray | None = None) -> dict[str, Any]:
     """Temperature scaling by NLL, then a threshold with a certified selective risk.
 
     The held-out data is split once (by default 10%/90%): ``cfg.score_fit_fraction`` of it fits the score (the
@@ -614,11 +646,17 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
     the guarantee requires. For ``msp-energy`` the energy floor and (given the frames'
     ``novelty`` residuals) the novelty ceiling are percentiles of the score-fitting part too.
 
+    ``groups``: the held-out digit each frame shows, when there are several frames of one digit
+    (a field model's held-out frames and their camera renderings): the split is then by digit,
+    and with ``cfg.one_frame_per_digit`` each certifying digit certifies with one frame
+    (:func:`split_for_scoring`).
+
     Unless ``cfg.strict_risk``, a held-out set too small to split, or one on which no rung can
     be certified, gets :func:`fit_uncertified` instead of an error.
     """
     n = len(labels)
-    fit_idx, cert_idx = split_for_scoring(n, cfg.score_fit_fraction)
+    fit_idx, cert_idx = split_for_scoring(n, cfg.score_fit_fraction, groups=groups,
+                                          one_per_group=cfg.one_frame_per_digit)
     if len(fit_idx) < MIN_PART or len(cert_idx) < MIN_PART:
         reason = (f"{n} held-out examples are too few to fit a score and certify a threshold: expected at least "
                   f"{min_holdout(cfg.score_fit_fraction)} ({MIN_PART} to fit the score on, as "
@@ -649,21 +687,25 @@ def fit_guaranteed(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig,
                  certified=True, search=cfg.search, certified_bound=cert.bound, tests=cert.tests,
                  ladder=list(cfg.rungs),
                  certification={"n": cert.n, "accepted": cert.accepted, "errors": cert.errors},
-                 score_fit={"n": len(fit_idx), "fraction": cfg.score_fit_fraction})
+                 score_fit={"n": len(fit_idx), "fraction": cfg.score_fit_fraction,
+                            "divided_by": "frame" if groups is None else
+                            "digit, one frame of each certifying" if cfg.one_frame_per_digit else "digit"})
     return calib
 
 
 def fit_gate(logits: np.ndarray, labels: np.ndarray, cfg: GateConfig | None = None, *,
-             novelty: np.ndarray | None = None, split: dict[str, Any] | None = None) -> dict[str, Any]:
+             novelty: np.ndarray | None = None, split: dict[str, Any] | None = None,
+             groups: np.ndarray | None = None) -> dict[str, Any]:
     """Fit a gate per ``cfg`` on held-out ``logits``/``labels`` (and the frames' novelty
-    residuals, when the model has a novelty basis); returns calibration.json's content."""
+    residuals, when the model has a novelty basis; ``groups``, the digit each frame shows when a
+    digit has several, :func:`fit_guaranteed`); returns calibration.json's content."""
     cfg = cfg or GateConfig()
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     if cfg.method == "seed":
         calib = {**fit_seed_rule(logits, labels), "certified": False}
     else:
-        calib = fit_guaranteed(logits, labels, cfg, novelty)
+        calib = fit_guaranteed(logits, labels, cfg, novelty, groups)
     st = gate_stats(confidence_np(logits, calib, novelty), logits.argmax(1) == labels, calib["threshold"])
     calib["fit"] = {"n": len(labels), "coverage": st["coverage"], "selective_risk": st["selective_risk"],
                     **(split or {})}

@@ -170,7 +170,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
     ckpt_path = out_dir / "checkpoint.pt"
     ckpt = load_checkpoint(ckpt_path)
     model = build_pipeline(ckpt)
-    field_info, field_start = None, None
+    field_info, field_start, groups = None, None, None
     if (ckpt["train_config"].get("field_fraction") or 0) > 0:
         # A model trained for the field is calibrated for it too: the gate is fitted and
         # certified on the held-out frames and on one camera rendering of each (seeded), so
@@ -183,6 +183,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
                           source=f"{holdout.source} + one field rendering of each")
         if holdout_rows is not None:
             holdout_rows = np.concatenate([np.asarray(holdout_rows), np.asarray(holdout_rows)[kept]])
+        # A digit and its rendering err together: the gate divides and certifies by digit.
+        groups = np.concatenate([np.arange(field_start), np.asarray(kept)])
     lh, nh = _outputs(model, holdout.images)
     if test_eval is None:
         test_eval = evaluate_test(model, test)
@@ -196,7 +198,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
     split = {"split": "holdout", "source": holdout.source, **(split_info or {})}
     cfg = gate_cfg or gate.GateConfig()
     method = cfg.method
-    chosen = gate.fit_gate(lh, holdout.labels, cfg, novelty=nh, split=split)
+    chosen = gate.fit_gate(lh, holdout.labels, cfg, novelty=nh, split=split, groups=groups)
     rows = []
     candidates = [("seed", "seed-minmax"), ("guaranteed", "msp"), ("guaranteed", "energy"),
                   ("guaranteed", "msp-energy")]
@@ -208,7 +210,7 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
         try:
             c = chosen if (m, s) == (method, chosen["score"]) else gate.fit_gate(
                 lh, holdout.labels, cfg.with_(method=m, score=s if s != "seed-minmax" else "msp"), novelty=nh,
-                split=split)
+                split=split, groups=groups)
         except gate.GateError as e:
             rows.append({"method": m, "score": s, "error": str(e)})
             continue
