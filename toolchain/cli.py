@@ -101,7 +101,8 @@ def gate_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--one-frame-per-digit", is_flag=True,
                      help="Field models: certify with one frame of each held-out digit (raw or its camera rendering, "
                           "by a seeded coin), so the certificate's draws are independent; a digit's two frames err "
-                          "together. Stricter: about a point less coverage on average (docs/gate.md)."),
+                          "together. Stricter: on the default recipe 1-7 points less coverage on average over divisions, and a "
+                          "wide spread between them (docs/gate.md)."),
         click.option("--delta", type=float, default=0.05, show_default=True,
                      help="The guarantee holds with probability at least 1 - delta."),
         click.option("--score", type=click.Choice(SCORES), default=DEFAULT_SCORE, show_default=True,

@@ -81,8 +81,8 @@ class GateConfig:
     strict_risk: bool = False
     score_fit_fraction: float = 0.1
     #: Where a digit has several held-out frames (a field model's), certify with one of each
-    #: (:func:`split_for_scoring`): independent draws, as the bound assumes; about a point less
-    #: coverage on average, and more spread between divisions.
+    #: (:func:`split_for_scoring`): independent draws, as the bound assumes; half the certifying
+    #: frames, so less coverage and far more spread between divisions (docs/gate.md).
     one_frame_per_digit: bool = False
 
     def __post_init__(self) -> None:
