@@ -323,9 +323,9 @@ def refit_tables(kind: str, ty: int, tx: int) -> tuple[np.ndarray, np.ndarray, n
         raise ValueError(f"design {kind!r}: expected 'plane' or 'surface'")
     m = k // 4
     ranks = np.array([[math.comb(d, j + 1) for j in range(m)] for d in range(k)], dtype=np.int64)
-    keep = np.ones((math.comb(k, m), k))
-    for out in itertools.combinations(range(k), m):
-        keep[int(ranks[list(out), np.arange(m)].sum()), list(out)] = 0.0
+    out = np.array(list(itertools.combinations(range(k), m)), dtype=np.int64)  # (C(k, m), m)
+    keep = np.ones((len(out), k))
+    keep[ranks[out, np.arange(m)].sum(axis=1)[:, None], out] = 0.0
     refit = np.concatenate([np.linalg.pinv(a)[None], np.linalg.pinv(keep[:, :, None] * a[None])])
     return a, refit, ranks
 

@@ -183,7 +183,8 @@ def calibrate(out_dir: Path, *, holdout: Dataset, test: Dataset, gate_cfg: gate.
                           source=f"{holdout.source} + one field rendering of each")
         if holdout_rows is not None:
             holdout_rows = np.concatenate([np.asarray(holdout_rows), np.asarray(holdout_rows)[kept]])
-        # A digit and its rendering err together: the gate divides and certifies by digit.
+        # A digit and its rendering err together: the gate divides the frames by digit (and,
+        # with --one-frame-per-digit, certifies with one frame of each).
         groups = np.concatenate([np.arange(field_start), np.asarray(kept)])
     lh, nh = _outputs(model, holdout.images)
     if test_eval is None:

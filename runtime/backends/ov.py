@@ -97,7 +97,9 @@ class OpenVINOBackend(Backend):
         for i in range(0, len(images), RUN_CHUNK):
             res = self._request().infer({INPUT_NAME: images[i:i + RUN_CHUNK]})  # copies the outputs out
             parts.append([np.asarray(res[p]) for p in self._ports])
-        out = {n: np.concatenate([part[k] for part in parts]) for k, n in enumerate(OUTPUT_NAMES)}
+        # One chunk (every batch-1 call) is returned as it is, without a copy.
+        columns = parts[0] if len(parts) == 1 else [np.concatenate(c) for c in zip(*parts)]
+        out = dict(zip(OUTPUT_NAMES, columns))
         out["accepted"] = out["accepted"].astype(bool)  # OpenVINO hands booleans back as bytes
         return out
 
