@@ -98,6 +98,17 @@ def test_metadata_round_trip(exported):
     assert meta["preprocessing"]["view_rotations"] == [-15.0, 15.0]  # the views are in the graph
 
 
+def test_views_export_as_one_element_gather(exported):
+    """The rotated views read their taps with one GatherElements; ONNX Runtime ran the previous
+    ``Gather`` on axis 1 one element at a time (a third of a batch-1 call, benchmarks/views_forms.py)."""
+    proto = onnx.load(str(exported / "model.onnx"))
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("GatherElements") == 1
+    axis_gathers = [n for n in proto.graph.node if n.op_type == "Gather"
+                    and any(a.name == "axis" and a.i != 0 for a in n.attribute)]
+    assert not axis_gathers
+
+
 def test_int8_and_fp16_close_to_fp32(exported, mnist_test):
     imgs, labels = mnist_test.images[:, None], mnist_test.labels
     fp32 = run_onnx(exported / "model.onnx", imgs)

@@ -99,9 +99,11 @@ class Views(nn.Module):
     once; :meth:`combine` averages their logits. Rotation is bilinear (``grid_sample``'s,
     align_corners=False) with the background (pixel 0 after polarity handling) filled in, as
     the training augmentation fills it. Each rotated pixel is a fixed blend of at most four
-    source pixels, so the rotation is precomputed as tap indices and weights: one gather and a
-    weighted sum. ONNX Runtime runs it as fast as its GridSample, and no runtime needs
-    GridSample support for it.
+    source pixels plus the background's share of the taps that fall outside the frame, so the
+    rotation is precomputed as tap indices, weights and a constant: one element gather
+    (``GatherElements`` in ONNX, which every runtime here supports), a weighted sum and an add.
+    ONNX Runtime ran ``Gather`` on axis 1 one element at a time, a third of a batch-1 call's
+    time (``benchmarks/views_forms.py`` times the forms).
     """
 
     def __init__(self, rotations: tuple[float, ...], background: float, size: int = 28) -> None:
@@ -111,13 +113,16 @@ class Views(nn.Module):
         self.size = size
         self.background = float(background)
         index, weight = self._taps(rotations, size)
+        # A tap outside the frame reads the background: its share of each pixel is a constant.
+        offset = self.background * (1.0 - weight.sum(dim=1))
         self.register_buffer("index", index, persistent=False)    # (V * 4 * size * size,)
         self.register_buffer("weight", weight, persistent=False)  # (V, 4, size * size)
+        self.register_buffer("offset", offset, persistent=False)  # (V, size * size)
 
     @staticmethod
     def _taps(rotations: tuple[float, ...], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Source pixel indices and bilinear weights of each rotated pixel; taps that fall
-        outside the frame point at an extra zero pixel (index ``size * size``)."""
+        """Source pixel indices and bilinear weights of each rotated pixel; a tap that falls
+        outside the frame has weight 0 (and index 0, any pixel would do)."""
         if not rotations:
             return torch.zeros(0, dtype=torch.long), torch.zeros(0, 4, size * size)
         thetas = [[[math.cos(math.radians(a)), -math.sin(math.radians(a)), 0.0],
@@ -131,7 +136,7 @@ class Views(nn.Module):
             xs, ys = x0 + dx, y0 + dy
             w = (1 - (ix - xs).abs()) * (1 - (iy - ys).abs())
             inside = (xs >= 0) & (xs < size) & (ys >= 0) & (ys < size)
-            index.append(torch.where(inside, ys * size + xs, torch.full_like(xs, size * size)).long())
+            index.append(torch.where(inside, ys * size + xs, torch.zeros_like(xs)).long())
             weight.append(torch.where(inside, w, torch.zeros_like(w)))
         return torch.stack(index, 1).reshape(-1), torch.stack(weight, 1).float()
 
@@ -139,12 +144,12 @@ class Views(nn.Module):
         """``(N, 1, H, W)`` -> ``(V * N, 1, H, W)``, the frames themselves first."""
         if self.count == 1:
             return x
-        n, pixels = x.shape[0], self.size * self.size
-        shifted = x.reshape(n, pixels) - self.background  # so a tap outside the frame reads the background
-        padded = torch.cat([shifted, torch.zeros_like(shifted[:, :1])], dim=1)
-        taps = padded.index_select(1, self.index).reshape(n, self.count - 1, 4, pixels)
-        rotated = (taps * self.weight).sum(dim=2) + self.background  # (N, V - 1, pixels)
-        rotated = rotated.transpose(0, 1).reshape((self.count - 1) * n, 1, self.size, self.size)
+        # Shapes as -1 where they can be: the exported graph then holds constants, not shape arithmetic.
+        pixels = self.size * self.size
+        flat = x.reshape(-1, pixels)
+        taps = torch.gather(flat, 1, self.index.unsqueeze(0).expand(flat.shape[0], -1))
+        rotated = (taps.reshape(-1, self.count - 1, 4, pixels) * self.weight).sum(dim=2) + self.offset
+        rotated = rotated.transpose(0, 1).reshape(-1, 1, self.size, self.size)  # view-major, as expand's contract
         return torch.cat([x, rotated], dim=0)
 
     def combine(self, logits: torch.Tensor) -> torch.Tensor:
