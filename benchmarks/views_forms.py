@@ -13,6 +13,7 @@ import copy
 import io
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def session(model: torch.nn.Module, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(f.getvalue(), so, providers=["CPUExecutionProvider"])
 
 
-def p50_us(fn, x: np.ndarray, iters: int) -> float:
+def p50_us(fn: Callable[[np.ndarray], object], x: np.ndarray, iters: int) -> float:
     for _ in range(min(200, iters)):
         fn(x)
     ts = np.empty(iters)
@@ -88,10 +89,15 @@ def main() -> None:
         s = session(model, args.threads)
         outs[name] = np.concatenate([s.run(["accepted"], {"image": images[i:i + 256]})[0]
                                      for i in range(0, len(images), 256)])
-        b1 = p50_us(lambda x: s.run(None, {"image": x}), images[:1], args.iters)
-        b256 = p50_us(lambda x: s.run(None, {"image": x}), images[:256], max(20, args.iters // 40)) / 256
+        def run(x: np.ndarray, s: ort.InferenceSession = s) -> object:
+            return s.run(None, {"image": x})
+
+        def eager(x: np.ndarray, model: torch.nn.Module = model) -> object:
+            return model(torch.from_numpy(x))
+        b1 = p50_us(run, images[:1], args.iters)
+        b256 = p50_us(run, images[:256], max(20, args.iters // 40)) / 256
         with torch.inference_mode():
-            t1 = p50_us(lambda x: model(torch.from_numpy(x)), images[:1], max(200, args.iters // 4))
+            t1 = p50_us(eager, images[:1], max(200, args.iters // 4))
         rows.append((name, b1, b256, t1))
     (new_name, *_), (old_name, *_) = rows
     agree = float((outs[new_name] == outs[old_name]).mean() * 100)

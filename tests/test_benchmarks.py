@@ -44,3 +44,15 @@ def test_border_band_paints_each_side(onnx_artifact):
         rows = border_band.run(onnx_artifact, 4, "mild", side, 250, blur=1.0, noise=4.0)
         assert [r["share"] for r in rows] == list(border_band.SHARES)
         assert all(r["right"] + r["wrong"] + r["preprocess_refused"] + r["gate_refused"] == 4 for r in rows)
+
+
+def test_views_forms_compares_equal_views():
+    """The previous form that benchmarks/views_forms.py times is the same rotation as the exported one."""
+    import torch
+    import views_forms
+
+    from toolchain.model import Views
+    new, old = Views((-15.0, 15.0), background=-1.0), views_forms.GatherViews((-15.0, 15.0), background=-1.0)
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    assert (old.index >= 784).any()  # the previous form's taps outside the frame read its padding pixel
+    assert torch.allclose(new.expand(x), old.expand(x), atol=1e-6)
