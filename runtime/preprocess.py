@@ -4,7 +4,8 @@ The steps (one batched implementation; :func:`preprocess` is a batch of one):
 
 1. **Gray, [0, 1], working size.** uint8, uint16 or float in [0, 1]; gray ``(H, W)`` or colour
    ``(H, W, 3|4)`` in RGB order (``channels="bgr"`` for OpenCV frames), BT.601 luma. Crops
-   of 128 pixels a side or more are block-averaged to between :data:`WORK` and twice that:
+   of 128 pixels a side or more are block-averaged to between :data:`WORK` and twice that
+   (in integers, for uint8 and uint16 crops; a long strip keeps :data:`MIN_SIDE` pixels across):
    a crop's digit needs no more to fill a 20-pixel box, and later steps then cost the same.
    A band along one side (a bezel, the paper's edge, a shadow: :func:`border_bands`) is cut
    off first; a digit whose ink then reaches the cut ran into the band (``touches-borders``).
@@ -170,33 +171,87 @@ def _to_float(crop: Any, channels: str = "rgb", *, what: str = "crop") -> tuple[
     return x, a.shape
 
 
-def _gray_stack(crops: Any, channels: str, batch: bool) -> np.ndarray:
+def _layout(a: np.ndarray, channels: str, batch: bool) -> np.ndarray:
+    """The crops of ``a`` as ``(N, H, W, C)``, C 1 (gray) or 3 (in RGB order), a view where it can
+    be; checks the shape (``_to_float`` checks the dtype and values).
+
+    Raises:
+        ValueError: naming the shape given and what is expected.
+    """
     what = "crops" if batch else "crop"
-    x, shape = _to_float(crops, channels, what=what)
-    core = shape[1:] if batch else shape
-    if batch and len(shape) not in (3, 4):
-        raise ValueError(f"crops of shape {shape}: expected (N, H, W) or (N, H, W, C)")
+    if batch and a.ndim not in (3, 4):
+        raise ValueError(f"{what} of shape {a.shape}: expected (N, H, W) or (N, H, W, C)")
+    core = a.shape[1:] if batch else a.shape
     if len(core) == 3 and core[-1] in (3, 4):
-        rgb = x[..., :3] if channels == "rgb" else x[..., 2::-1]
-        x = rgb @ LUMA
+        x = a[..., :3] if channels == "rgb" else a[..., 2::-1]
     elif len(core) == 3 and core[-1] == 1:
-        x = x[..., 0]
-    elif len(core) != 2:
+        x = a
+    elif len(core) == 2:
+        x = a[..., None]
+    else:
         expect = "(N, H, W) or (N, H, W, 3|4)" if batch else "(H, W) gray or (H, W, 3|4) colour"
-        raise ValueError(f"{what} of shape {shape}: expected {expect}")
-    if not batch:
-        x = x[None]
-    h, w = x.shape[1:]
+        raise ValueError(f"{what} of shape {a.shape}: expected {expect}")
+    x = x if batch else x[None]
+    h, w = x.shape[1:3]
     if h < MIN_SIDE or w < MIN_SIDE:
         raise ValueError(f"{what} of {h}x{w} pixels: expected at least {MIN_SIDE}x{MIN_SIDE}")
+    return x
+
+
+def _gray_stack(crops: Any, channels: str, batch: bool) -> np.ndarray:
+    """Gray float32 ``(N, H, W)`` in [0, 1] at full size."""
+    x, _ = _to_float(crops, channels, what="crops" if batch else "crop")
+    x = _layout(x, channels, batch)
+    x = x[..., 0] if x.shape[3] == 1 else x @ LUMA
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _gray_work(crops: Any, channels: str, batch: bool, work: int = WORK) -> np.ndarray:
+    """Gray float32 ``(N, h, w)`` in [0, 1] at working size: :func:`reduce_to_work` of
+    :func:`_gray_stack`. A uint8 or uint16 crop to be reduced is block-summed in integers first
+    and made float and gray at working size: a 480x480 crop's float copy cost as much as the
+    block average, and a 4000x3000 colour photo's was most of :func:`find_digits`' time and 190 MB.
+    The same values, to float32 rounding (the sums are exact; the float path rounds each pixel)."""
+    a = np.asarray(crops)
+    if channels not in ("rgb", "bgr"):
+        raise ValueError(f"channels {channels!r}: expected 'rgb' or 'bgr'")
+    if a.dtype not in (np.uint8, np.uint16):
+        return reduce_to_work(_gray_stack(a, channels, batch), work)
+    x = _layout(a, channels, batch)
+    h, w, c = x.shape[1:]
+    f = work_factor(h, w, work)
+    if f == 1:
+        return _gray_stack(a, channels, batch)
+    hh, ww = h // f, w // f
+    x = x[:, :hh * f, :ww * f]
+    top = 255 if a.dtype == np.uint8 else 65535
+
+    def exact(most: int) -> type:  # the narrowest unsigned type that holds sums up to ``most``
+        return np.uint16 if most <= 0xFFFF else np.uint32 if most <= 0xFFFFFFFF else np.uint64
+    # A block's rows, then its columns, one strided slice at a time (as reduce_to_work): each
+    # add runs over contiguous rows, and uint8 rows sum in 16 bits while they fit.
+    r = x[:, 0::f].astype(exact(top * f))
+    for i in range(1, f):
+        r += x[:, i::f]
+    r = r.astype(exact(top * f * f), copy=False)
+    z = r[:, :, 0::f].copy()
+    for i in range(1, f):
+        z += r[:, :, i::f]
+    g = z.astype(np.float32) * np.float32(1 / (top * f * f))
+    return np.ascontiguousarray(g[..., 0] if c == 1 else g @ LUMA, dtype=np.float32)
+
+
+def work_factor(h: int, w: int, work: int = WORK) -> int:
+    """The block size that reduces an ``h x w`` image to working size: the largest that keeps
+    the longer side at least ``work`` (so it ends below ``2 * work``), but never one that takes
+    the shorter side under :data:`MIN_SIDE` (a long strip keeps its width)."""
+    return max(1, min(max(h, w) // work, min(h, w) // MIN_SIDE))
+
+
 def reduce_to_work(x: np.ndarray, work: int = WORK) -> np.ndarray:
-    """Block-average ``(N, H, W)`` by the largest integer factor that keeps the longer side at
-    least ``work`` (so it ends below ``2 * work``); rows/columns that fill no block are dropped."""
+    """Block-average ``(N, H, W)`` by :func:`work_factor`; rows/columns that fill no block are dropped."""
     n, h, w = x.shape
-    f = max(1, max(h, w) // work)
+    f = work_factor(h, w, work)
     if f == 1:
         return x
     hh, ww = h // f, w // f
@@ -708,8 +763,7 @@ def preprocess(crop: Any, *, channels: str = "rgb") -> np.ndarray:
         ValueError: the input itself is malformed (shape, dtype, values).
     """
     a = np.asarray(crop)
-    x = _gray_stack(a, channels, batch=False)
-    frames, code = _frames(reduce_to_work(x))
+    frames, code = _frames(_gray_work(a, channels, batch=False))
     if code[0]:
         raise PreprocessError(REASONS[int(code[0]) - 1], _messages(int(code[0]), a.shape))
     return np.rint(frames[0] * 255.0).astype(np.uint8)
@@ -724,8 +778,7 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
         ValueError: a crop is malformed (the message names its index).
     """
     if isinstance(crops, np.ndarray):
-        x = _gray_stack(crops, channels, batch=True)
-        frames, code = _frames(reduce_to_work(x))
+        frames, code = _frames(_gray_work(crops, channels, batch=True))
     else:
         items = list(crops)
         if not items:
@@ -733,16 +786,16 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
         gray = []
         for i, c in enumerate(items):
             try:
-                gray.append(_gray_stack(np.asarray(c), channels, batch=False)[0])
+                gray.append(_gray_work(np.asarray(c), channels, batch=False)[0])
             except ValueError as e:
                 raise ValueError(f"crop {i}: {e}") from None
         frames = np.zeros((len(items), FRAME, FRAME), dtype=np.float32)
         code = np.zeros(len(items), dtype=np.int64)
-        by_shape: dict[tuple[int, int], list[int]] = {}
+        by_shape: dict[tuple[int, int], list[int]] = {}  # at working size: a crop's frame is its own
         for i, g in enumerate(gray):
             by_shape.setdefault(g.shape, []).append(i)
         for idx in by_shape.values():
-            f, k = _frames(reduce_to_work(np.stack([gray[i] for i in idx])))
+            f, k = _frames(np.stack([gray[i] for i in idx]))
             frames[idx], code[idx] = f, k
     if len(frames) == 0:
         raise ValueError("an empty batch of crops: expected at least one")
@@ -914,15 +967,16 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     Raises:
         ValueError: the frame is malformed (shape, dtype, values).
     """
-    x = _gray_stack(np.asarray(frame), channels, batch=False)
-    return _find(x[0], min_height, margin, max_digits, inside=False)
+    return _find(np.asarray(frame), channels, min_height, margin, max_digits, inside=False)
 
 
-def _find(full: np.ndarray, min_height: float, margin: float, max_digits: int, inside: bool) -> list[Digit]:
-    """:func:`find_digits` on a gray float frame ``(H, W)``; ``inside``: already searching inside a
-    sheet's edge or a field's box (once only)."""
-    f = max(1, max(full.shape) // FRAME_WORK)  # as reduce_to_work picks it
-    work = reduce_to_work(full[None], FRAME_WORK)
+def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max_digits: int,
+          inside: bool) -> list[Digit]:
+    """:func:`find_digits` on a frame ``(H, W[, C])`` as given (made gray and float only at working
+    size and in the digits' crops); ``inside``: already searching inside a sheet's edge or a
+    field's box (once only)."""
+    work = _gray_work(full, channels, batch=False, work=FRAME_WORK)  # checks the frame
+    f = work_factor(*full.shape[:2], FRAME_WORK)  # as _gray_work picks it
     dark = dark_ink(work)
     boxes, scene, fill, ring = _frame_pieces(work, dark, min_height)
     if scene or len(boxes) == 0:
@@ -943,7 +997,7 @@ def _find(full: np.ndarray, min_height: float, margin: float, max_digits: int, i
         # What is left of the edge inside touches the region's borders: scene there.
         fx0, fy0, fx1, fy1 = (int(v) * f for v in ring)
         if min(fx1 - fx0, fy1 - fy0) >= MIN_SIDE:
-            found = _find(full[fy0:fy1, fx0:fx1], min_height, margin, max_digits, inside=True)
+            found = _find(full[fy0:fy1, fx0:fx1], channels, min_height, margin, max_digits, inside=True)
             if found:
                 return [Digit((d.box[0] + fx0, d.box[1] + fy0, d.box[2] + fx0, d.box[3] + fy0), d.image,
                               d.refusal) for d in found]
@@ -960,15 +1014,15 @@ def _find(full: np.ndarray, min_height: float, margin: float, max_digits: int, i
                 continue
         merged.append(list(b))
     out = []
-    hh, ww = full.shape
+    hh, ww = full.shape[:2]
     for x0, y0, x1, y1 in merged[:max_digits]:
         pad = margin * (y1 - y0)
         box = (max(0, int((x0 - pad) * f)), max(0, int((y0 - pad) * f)),
                min(ww, int(math.ceil((x1 + pad) * f))), min(hh, int(math.ceil((y1 + pad) * f))))
         crop = full[box[1]:box[3], box[0]:box[2]]
-        if min(crop.shape) < MIN_SIDE:
+        if min(crop.shape[:2]) < MIN_SIDE:
             continue
-        frames, code = _frames(reduce_to_work(crop[None]))
+        frames, code = _frames(_gray_work(crop, channels, batch=False))
         k = int(code[0])
         out.append(Digit(box, None if k else np.rint(frames[0] * 255.0).astype(np.uint8),
                          None if not k else REASONS[k - 1]))

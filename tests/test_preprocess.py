@@ -379,6 +379,43 @@ def test_find_digits_on_a_photo_of_a_sheet_on_a_desk(digits, desk):
     assert whole >= 3
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("shape,batch,channels", [
+    ((300, 301), False, "rgb"), ((300, 301, 3), False, "rgb"), ((1000, 700, 4), False, "bgr"),
+    ((300, 301, 1), False, "rgb"), ((2, 300, 500), True, "rgb"), ((2, 130, 140, 3), True, "bgr"),
+    ((1200, 90), False, "rgb"), ((100, 90), False, "rgb")])
+def test_integer_crops_reduce_in_integers_as_the_float_path(shape, batch, channels, dtype):
+    """uint8/uint16 crops are block-summed before they become float and gray (a 4000x3000 colour
+    photo's float copy was most of find_digits' time): the working image is the float path's,
+    to float32 rounding, for gray, RGB, BGRA, single crops and batches."""
+    import runtime.preprocess  # noqa: F401 (the module, not the function of that name)
+    P = sys.modules["runtime.preprocess"]
+    a = np.random.default_rng(1).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
+    want = P.reduce_to_work(P._gray_stack(a, channels, batch))
+    got = P._gray_work(a, channels, batch)
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() < 1e-6
+
+
+def test_a_long_strip_is_read_or_refused(digits):
+    """A crop or frame far longer than wide keeps at least MIN_SIDE pixels across at working
+    size: a 640x40 strip reduced by 10 was 4 pixels wide, and the steps after raised IndexError."""
+    for shape in ((640, 40), (40, 640), (2000, 9)):
+        strip = np.full(shape, 200, np.uint8)
+        h, w = min(shape[0], 28), min(shape[1], 28)
+        strip[:h, :w] = 200 - digits[0][0][:h, :w] // 2
+        try:
+            assert preprocess(strip).shape == (28, 28)
+        except PreprocessError:
+            pass
+        assert isinstance(find_digits(strip), list)
+    row = np.full((60, 2400), 200.0)
+    for j, d in enumerate(digits[0][:3]):
+        row[10:50, 300 + 600 * j:340 + 600 * j] -= 140 * np.kron(d / 255, np.ones((2, 2)))[8:48, 8:48]
+    found = find_digits(u8(row))  # a 60x2400 row: at 8 pixels a side its digits are small, not lost in a crash
+    assert found and all(any(abs(f.box[0] - (300 + 600 * j)) < 30 for j in range(3)) for f in found)
+
+
 def test_find_digits_in_a_small_frame(digits):
     # A digit at MNIST's own size in a frame not much larger: one background tile used to span
     # the frame, so light falling off across it was taken for ink and nothing was found.

@@ -376,7 +376,7 @@ def _dilate(on: torch.Tensor, steps: int = 1) -> torch.Tensor:
 
 def _reduce(x: torch.Tensor) -> torch.Tensor:
     n, h, w = x.shape
-    f = max(1, max(h, w) // P.WORK)
+    f = P.work_factor(h, w)
     if f == 1:
         return x
     hh, ww = h // f, w // f
