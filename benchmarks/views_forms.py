@@ -80,7 +80,7 @@ def main() -> None:
     if pipe.views.count == 1:
         sys.exit(f"{args.artifact}: the model has no test-time views (view_rotations is empty)")
     old = copy.deepcopy(pipe)  # copy.copy would share the module dict, and so the views
-    old.views = GatherViews(pipe.pre.cfg.view_rotations, pipe.views.background)
+    old.views = GatherViews(pipe.pre.cfg.view_rotations, pipe.views.background, classes=pipe.views.classes)
     forms = {"GatherElements (exported)": GatedModel(pipe, ckpt["calibration"]).eval(),
              "Gather axis 1 (previous)": GatedModel(old, ckpt["calibration"]).eval()}
     images = np.ascontiguousarray(embedded_mnist("test").images[:, None])

@@ -31,13 +31,45 @@ def _latencies(fn: Any, x: np.ndarray, iters: int) -> np.ndarray:
     return out
 
 
-def _throughput(fn: Any, x: np.ndarray, seconds: float) -> float:
-    fn(x)
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        fn(x)
-        n += x.shape[0]
-    return n / (time.perf_counter() - t0)
+def _latencies_together(runners: dict[str, Any], x: np.ndarray, iters: int, blocks: int = 10) -> dict[str, np.ndarray]:
+    """Batch-1 latencies of several runners on ``x``, ``iters`` calls each, taken in ``blocks``
+    turns (A's block, B's, C's, then A's again...): a shared machine's speed drifts over seconds,
+    and with each runner timed in one stretch the ratios moved with it (the same file's p50
+    against the bare session read 1.01x to 1.29x between runs). Each block starts with calls that
+    are not timed, so each runner is timed warm, as a device calling it in a loop; call-by-call
+    turns would time every runner in caches the others had just filled."""
+    out: dict[str, list[np.ndarray]] = {k: [] for k in runners}
+    per = max(1, iters // blocks)
+    clock = time.perf_counter
+    for b in range(blocks):
+        for k, fn in runners.items():
+            for _ in range(min(200, iters) if b == 0 else min(20, per)):
+                fn(x)
+            t_k = np.empty(per)
+            for i in range(per):
+                t = clock()
+                fn(x)
+                t_k[i] = clock() - t
+            out[k].append(t_k)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _throughput_together(runners: dict[str, Any], x: np.ndarray, seconds: float, blocks: int = 4) -> dict[str, float]:
+    """Images a second of each runner on batch ``x``, ``seconds`` each, taken in ``blocks``
+    turns as :func:`_latencies_together` does."""
+    done = {k: 0 for k in runners}
+    spent = {k: 0.0 for k in runners}
+    for _ in range(blocks):
+        for k, fn in runners.items():
+            fn(x)  # warm after the other runners
+            t0 = time.perf_counter()
+            while True:
+                fn(x)
+                done[k] += x.shape[0]
+                if time.perf_counter() - t0 >= seconds / blocks:
+                    break
+            spent[k] += time.perf_counter() - t0
+    return {k: done[k] / spent[k] for k in runners}
 
 
 def import_seconds() -> float:
@@ -93,7 +125,7 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
         else Classifier(path)
     res: dict[str, Any] = {"file": str(path), "backend": clf.backend, "providers": clf.providers, "threads": threads}
     one = images[:1]
-    lat = {"classifier": _latencies(clf.predict, one, iters)}
+    runners: dict[str, Any] = {"classifier": clf.predict}
     bare_run = None
     if path.suffix == ".onnx":
         so = ort.SessionOptions()
@@ -103,34 +135,30 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
 
         def bare_run(x: np.ndarray) -> Any:
             return sess.run(None, {"image": x})
-        lat["bare_session"] = _latencies(bare_run, one, iters)
+        runners["bare_session"] = bare_run
     ov_clf = None
     if path.suffix == ".onnx" and BACKENDS["openvino"].available()[0]:  # beside ONNX Runtime, same run
         ov_clf = Classifier(path, backend="openvino", threads=threads)
-        lat["openvino"] = _latencies(ov_clf.predict, one, iters)
+        runners["openvino"] = ov_clf.predict
+    if torch_model is not None:
+        def torch_run(x: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return torch_model(torch.from_numpy(x))
+        runners["torch_eager"] = torch_run
+    # Every runner behind a ratio is timed in the same stretch of the run, call by call.
+    lat = _latencies_together(runners, one, iters)
     if crop is not None:
         from runtime.preprocess import preprocess
 
         def crop_run(c: np.ndarray) -> Any:
             return clf.predict(preprocess(c))
         lat["crop_to_decision"] = _latencies(crop_run, crop, max(200, iters // 4))
-    if torch_model is not None:
-        def torch_run(x: np.ndarray) -> Any:
-            with torch.inference_mode():
-                return torch_model(torch.from_numpy(x))
-        lat["torch_eager"] = _latencies(torch_run, one, max(200, iters // 4))
     res["latency_us"] = {k: {"p50": float(np.percentile(v, 50) * 1e6), "p99": float(np.percentile(v, 99) * 1e6)}
                          for k, v in lat.items()}
     thr: dict[str, dict[str, float]] = {}
     for b in BATCHES:
         x = np.ascontiguousarray(np.resize(images, (b, 1, 28, 28)))
-        thr[str(b)] = {"classifier": _throughput(clf.predict, x, seconds)}
-        if bare_run is not None:
-            thr[str(b)]["bare_session"] = _throughput(bare_run, x, seconds)
-        if ov_clf is not None:
-            thr[str(b)]["openvino"] = _throughput(ov_clf.predict, x, seconds)
-        if torch_model is not None:
-            thr[str(b)]["torch_eager"] = _throughput(torch_run, x, seconds)
+        thr[str(b)] = _throughput_together(runners, x, seconds)
     res["throughput_img_s"] = thr
     lu = res["latency_us"]
     ratios: dict[str, float] = {}

@@ -170,7 +170,7 @@ def confidence(logits: torch.Tensor, calib: dict[str, Any], novelty: torch.Tenso
                 raise GateError("this gate refuses frames by their novelty residual: expected the residuals "
                                 "(a model with a novelty basis) along with the logits")
             keep = keep & (novelty.to(logits.dtype) <= float(calib["novelty_ceiling"]))
-        return torch.where(keep, msp, torch.zeros_like(msp))
+        return msp * keep.to(msp.dtype)  # the same as a where(), in two graph nodes fewer
     if score == "energy":
         raw = t * logsumexp_rows(logits / t)
     elif score == "maxlogit":

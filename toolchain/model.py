@@ -106,12 +106,15 @@ class Views(nn.Module):
     time (``benchmarks/views_forms.py`` times the forms).
     """
 
-    def __init__(self, rotations: tuple[float, ...], background: float, size: int = 28) -> None:
+    def __init__(self, rotations: tuple[float, ...], background: float, size: int = 28,
+                 classes: int | None = None) -> None:
         super().__init__()
         check_view_rotations(rotations)
         self.count = len(rotations) + 1
         self.size = size
         self.background = float(background)
+        # Known up front, the logits' reshape exports as a constant, not shape arithmetic.
+        self.classes = classes
         index, weight = self._taps(rotations, size)
         # A tap outside the frame reads the background: its share of each pixel is a constant.
         offset = self.background * (1.0 - weight.sum(dim=1))
@@ -156,7 +159,7 @@ class Views(nn.Module):
         """``(V * N, C)`` -> ``(N, C)``: the mean logits over the views."""
         if self.count == 1:
             return logits
-        return logits.reshape(self.count, -1, logits.shape[-1]).mean(dim=0)
+        return logits.reshape(self.count, -1, self.classes or logits.shape[-1]).mean(dim=0)
 
 
 class LeNet(nn.Module):
@@ -220,7 +223,7 @@ class Pipeline(nn.Module):
     def __init__(self, arch: ArchConfig, pre: PreprocessConfig) -> None:
         super().__init__()
         self.pre = Preprocess(pre)
-        self.views = Views(pre.view_rotations, background=(0.0 - pre.mean) / pre.std)
+        self.views = Views(pre.view_rotations, background=(0.0 - pre.mean) / pre.std, classes=arch.num_classes)
         self.net = LeNet(arch)
         self.novelty: Novelty | None = None  # set from the checkpoint once fitted after training
 
