@@ -48,3 +48,21 @@ def test_bench_reports_baselines(art):
     for runner in ("classifier", "bare_session", "torch_eager"):
         assert 0 < lu[runner]["p50"] <= lu[runner]["p99"]
     assert res["soak"]["predictions"] == 2000 and res["import_runtime_seconds"] > 0
+
+
+def test_runners_behind_a_ratio_are_timed_in_turns():
+    """Each runner's calls come in blocks that take turns with the others', every block after
+    untimed warm-up calls; the throughputs likewise."""
+    import numpy as np
+
+    from toolchain.bench import _latencies_together, _throughput_together
+    calls: list[str] = []
+    runners = {k: (lambda x, k=k: calls.append(k)) for k in "abc"}
+    lat = _latencies_together(runners, np.zeros(1), iters=40, blocks=4)
+    assert {k: len(v) for k, v in lat.items()} == {"a": 40, "b": 40, "c": 40}
+    runs = [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k]  # one entry per block
+    assert runs == list("abc") * 4
+    calls.clear()
+    thr = _throughput_together(runners, np.zeros(3), seconds=0.004, blocks=2)
+    assert set(thr) == set("abc") and all(v > 0 for v in thr.values())
+    assert [k for i, k in enumerate(calls) if i == 0 or calls[i - 1] != k] == list("abc") * 2
