@@ -145,7 +145,7 @@ def bench_file(path: Path, images: np.ndarray, *, threads: int, iters: int, seco
             with torch.inference_mode():
                 return torch_model(torch.from_numpy(x))
         runners["torch_eager"] = torch_run
-    # Every runner behind a ratio is timed in the same stretch of the run, call by call.
+    # Every runner behind a ratio is timed in the same stretch of the run, in turns of blocks.
     lat = _latencies_together(runners, one, iters)
     if crop is not None:
         from runtime.preprocess import preprocess
