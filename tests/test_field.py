@@ -322,3 +322,21 @@ def test_predict_reads_every_digit_of_a_photo(art, tmp_path, mnist_test):
     Image.fromarray(np.full((40, 40), 128, np.uint8)).save(tmp_path / "blank.png")
     r = CliRunner().invoke(main, ["predict", str(art), str(tmp_path / "blank.png")])
     assert r.exit_code == 0 and "REFUSED (no digit found)" in r.output
+
+
+def test_target_misses_carry_their_interval():
+    """A miss on 2,000 crops says how far the share on all such crops can be (Wilson, 95%)."""
+    from toolchain.fieldbench import missed_targets, wilson
+    lo, hi = wilson(50, 100)
+    assert (round(lo, 4), round(hi, 4)) == (0.4038, 0.5962)
+    assert wilson(0, 100)[0] == 0.0 and round(wilson(0, 100)[1], 4) == 0.037
+    rows = {"harsh": {"n": 2000, "accuracy": 0.9685, "selective_risk": 0.0024, "accepted": 1689}}
+    nd = {k: {"n": 1000, "coverage": c} for k, c in zip("abcde", (0.0, 0.0, 0.014, 0.045, 0.012))}
+    nd["all"] = {"coverage": 0.0142}
+    mnist = {"raw": {"n": 2000, "accuracy": 0.9915, "coverage": 0.907},
+             "preprocessed": {"n": 2000, "accuracy": 0.99, "coverage": 0.925}}
+    missed = missed_targets(rows, nd, mnist)
+    assert missed == ["MNIST frames through preprocess: accuracy 99.00% vs 99.15% raw (target: within 0.1 point; "
+                      "3 more of 2,000 frames wrong)",
+                      "harsh accuracy 96.85% (target >= 97%; 95% interval 95.99-97.53% over 2,000)",
+                      "non-digit crops accepted 1.42% (target <= 0.5%; 95% interval 1.13-1.79% over 5,000)"]

@@ -15,6 +15,7 @@ measured too, outside the targets: print is not what the gate was calibrated on.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -201,14 +202,33 @@ def run_field(artifact: Path, test: Dataset, *, n: int = 2000, levels: list[str]
             "printed_digits": print_row, "targets": TARGETS, "missed": missed_targets(rows, nd, mnist)}
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a share of ``k`` in ``n``: how far a
+    figure measured on ``n`` crops can be from the share on all such crops."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def _interval(share: float, n: int) -> str:
+    lo, hi = wilson(int(round(share * n)), n)
+    return f"95% interval {100 * lo:.2f}-{100 * hi:.2f}% over {n:,}"
+
+
 def missed_targets(rows: dict[str, Any], nd: dict[str, Any], mnist: dict[str, Any] | None = None) -> list[str]:
-    """The issue's field targets that these figures miss (levels not measured are not judged)."""
+    """The issue's field targets that these figures miss (levels not measured are not judged),
+    each share with its 95% interval over the crops it was measured on."""
     missed = []
     if mnist:
         raw, pre = mnist["raw"], mnist["preprocessed"]
         if raw["accuracy"] - pre["accuracy"] > 0.001:
+            more = int(round((raw["accuracy"] - pre["accuracy"]) * raw["n"]))
             missed.append(f"MNIST frames through preprocess: accuracy {100 * pre['accuracy']:.2f}% vs "
-                          f"{100 * raw['accuracy']:.2f}% raw (target: within 0.1 point)")
+                          f"{100 * raw['accuracy']:.2f}% raw (target: within 0.1 point; {more} more of "
+                          f"{raw['n']:,} frames wrong)")
         if raw["coverage"] - pre["coverage"] > 0.01:
             missed.append(f"MNIST frames through preprocess: coverage {100 * pre['coverage']:.2f}% vs "
                           f"{100 * raw['coverage']:.2f}% raw (target: within 1 point)")
@@ -219,10 +239,13 @@ def missed_targets(rows: dict[str, Any], nd: dict[str, Any], mnist: dict[str, An
             v = rows[name][key]
             bad = v > bound if key == "selective_risk" else v < bound
             if bad:
+                n = rows[name]["accepted"] if key == "selective_risk" else rows[name]["n"]
                 missed.append(f"{name} {key} {100 * v:.2f}% (target {'<=' if key == 'selective_risk' else '>='} "
-                              f"{100 * bound:g}%)")
+                              f"{100 * bound:g}%; {_interval(v, n)})")
     if nd and nd["all"]["coverage"] > TARGETS["non_digit_accepted"]:
-        missed.append(f"non-digit crops accepted {100 * nd['all']['coverage']:.2f}% (target <= 0.5%)")
+        n = sum(v["n"] for k, v in nd.items() if k != "all")  # equal counts a kind: the mean is the pooled share
+        missed.append(f"non-digit crops accepted {100 * nd['all']['coverage']:.2f}% (target <= 0.5%; "
+                      f"{_interval(nd['all']['coverage'], n)})")
     return missed
 
 
