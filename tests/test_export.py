@@ -107,6 +107,14 @@ def test_views_export_as_one_element_gather(exported):
     axis_gathers = [n for n in proto.graph.node if n.op_type == "Gather"
                     and any(a.name == "axis" and a.i != 0 for a in n.attribute)]
     assert not axis_gathers
+    # Its tap indices are int32 (exporters.onnx_export.narrow_gather_indices): the Expand that
+    # broadcasts them over the batch copies half as much.
+    by_output = {o: n for n in proto.graph.node for o in n.output}
+    (gather,) = [n for n in proto.graph.node if n.op_type == "GatherElements"]
+    expand = by_output[gather.input[1]]
+    const = by_output[expand.input[0]]
+    assert expand.op_type == "Expand" and const.op_type == "Constant"
+    assert const.attribute[0].t.data_type == onnx.TensorProto.INT32
 
 
 def test_int8_and_fp16_close_to_fp32(exported, mnist_test):
