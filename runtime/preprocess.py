@@ -222,23 +222,29 @@ def _gray_work(crops: Any, channels: str, batch: bool, work: int = WORK) -> np.n
     f = work_factor(h, w, work)
     if f == 1:
         return _gray_stack(a, channels, batch)
-    hh, ww = h // f, w // f
-    x = x[:, :hh * f, :ww * f]
     top = 255 if a.dtype == np.uint8 else 65535
 
     def exact(most: int) -> type:  # the narrowest unsigned type that holds sums up to ``most``
         return np.uint16 if most <= 0xFFFF else np.uint32 if most <= 0xFFFFFFFF else np.uint64
-    # A block's rows, then its columns, one strided slice at a time (as reduce_to_work): each
-    # add runs over contiguous rows, and uint8 rows sum in 16 bits while they fit.
-    r = x[:, 0::f].astype(exact(top * f))
-    for i in range(1, f):
-        r += x[:, i::f]
-    r = r.astype(exact(top * f * f), copy=False)
+    # uint8 rows sum in 16 bits while they fit, exactly.
+    z = _block_sums(x, f, exact(top * f), exact(top * f * f))
+    g = z.astype(np.float32) * np.float32(1 / (top * f * f))
+    return np.ascontiguousarray(g[..., 0] if c == 1 else g @ LUMA, dtype=np.float32)
+
+
+def _block_sums(x: np.ndarray, f: int, row_dtype: Any, block_dtype: Any) -> np.ndarray:
+    """Sums of the ``f x f`` blocks of ``(N, H, W, ...)`` (rows and columns that fill no block
+    dropped), a block's rows summed in ``row_dtype``, then its columns in ``block_dtype`` one
+    strided slice at a time and in order: numpy's sum over a short last axis cost five times as
+    much, and in order is how numpy adds fewer than 8 values (a float sum is numpy's to the bit)."""
+    hh, ww = x.shape[1] // f, x.shape[2] // f
+    x = x[:, :hh * f, :ww * f]
+    r = x.reshape(x.shape[0], hh, f, *x.shape[2:]).sum(axis=2, dtype=row_dtype)
+    r = r.astype(block_dtype, copy=False)
     z = r[:, :, 0::f].copy()
     for i in range(1, f):
         z += r[:, :, i::f]
-    g = z.astype(np.float32) * np.float32(1 / (top * f * f))
-    return np.ascontiguousarray(g[..., 0] if c == 1 else g @ LUMA, dtype=np.float32)
+    return z
 
 
 def work_factor(h: int, w: int, work: int = WORK) -> int:
@@ -250,18 +256,10 @@ def work_factor(h: int, w: int, work: int = WORK) -> int:
 
 def reduce_to_work(x: np.ndarray, work: int = WORK) -> np.ndarray:
     """Block-average ``(N, H, W)`` by :func:`work_factor`; rows/columns that fill no block are dropped."""
-    n, h, w = x.shape
-    f = work_factor(h, w, work)
+    f = work_factor(*x.shape[1:], work)
     if f == 1:
         return x
-    hh, ww = h // f, w // f
-    y = x[:, :hh * f, :ww * f].reshape(n, hh, f, ww * f).sum(axis=2).reshape(n, hh, ww, f)
-    # The columns of a block one strided slice at a time: numpy's sum over a short last axis
-    # costs five times as much. In order, as numpy adds fewer than 8 (so bit for bit the same there).
-    z = y[..., 0].copy()
-    for i in range(1, f):
-        z += y[..., i]
-    return (z * np.float32(1 / (f * f))).astype(np.float32)
+    return (_block_sums(x, f, x.dtype, x.dtype) * np.float32(1 / (f * f))).astype(np.float32)
 
 
 # --------------------------------------------------------------------------- helpers
