@@ -52,7 +52,10 @@ def test_views_forms_compares_equal_views():
     import views_forms
 
     from toolchain.model import Views
-    new, old = Views((-15.0, 15.0), background=-1.0), views_forms.GatherViews((-15.0, 15.0), background=-1.0)
+    new = Views((-15.0, 15.0), background=-1.0, classes=10)
+    old = views_forms.GatherViews((-15.0, 15.0), background=-1.0, classes=10)  # as the script builds it
     x = torch.rand(5, 1, 28, 28) * 2 - 1
     assert (old.index >= 784).any()  # the previous form's taps outside the frame read its padding pixel
     assert torch.allclose(new.expand(x), old.expand(x), atol=1e-6)
+    logits = torch.rand(15, 10)
+    assert torch.equal(new.combine(logits), old.combine(logits))
