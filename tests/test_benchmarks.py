@@ -59,3 +59,15 @@ def test_views_forms_compares_equal_views():
     assert torch.allclose(new.expand(x), old.expand(x), atol=1e-6)
     logits = torch.rand(15, 10)
     assert torch.equal(new.combine(logits), old.combine(logits))
+
+
+def test_batch_chunks_times_both_forms_and_restores_the_budgets():
+    import batch_chunks
+
+    from toolchain import field
+    budgets = (batch_chunks.P.CHUNK_PIXELS, field.RENDER_PIXELS)
+    rows = batch_chunks.measure(crops=300, turns=1)  # harsh: two render chunks and 11 preprocessing ones
+    assert [(r["level"], r["step"]) for r in rows] == [("mild", "render"), ("mild", "preprocess"),
+                                                      ("harsh", "render"), ("harsh", "preprocess")]
+    assert all(r["same_output"] and r["whole_s"] > 0 and r["chunked_s"] > 0 for r in rows)
+    assert (batch_chunks.P.CHUNK_PIXELS, field.RENDER_PIXELS) == budgets

@@ -150,6 +150,17 @@ def test_render_is_seeded_and_shaped(digits):
     assert torch.isclose(clean[:, :4, :4], torch.tensor(0.85), atol=1 / 255).all() and clean.min() < 0.3
 
 
+def test_render_gives_the_same_crops_whatever_the_chunking(digits, monkeypatch):
+    # Every draw comes first, so a seed's crops (and the generator after them) do not depend on
+    # how many crops are shot at a time.
+    g_one, g_all = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    whole = field.render(digits[:7], field.HARSH, g_all)
+    monkeypatch.setattr(field, "RENDER_PIXELS", 96 * 96 * 2)  # two crops a chunk, the last alone
+    chunked = field.render(digits[:7], field.HARSH, g_one)
+    assert torch.equal(whole, chunked)
+    assert torch.equal(torch.rand(4, generator=g_all), torch.rand(4, generator=g_one))
+
+
 def test_colourise_keeps_the_luma(digits):
     gray = field.render(digits[:10], field.MILD, torch.Generator().manual_seed(0))
     rgb = field.colourise(gray, torch.Generator().manual_seed(0))

@@ -77,6 +77,22 @@ def test_single_and_batch_agree(digits):
     assert np.array_equal(mixed.images[0], batch.images[0]) and mixed.ok.all()
 
 
+def test_a_batch_is_taken_in_chunks_as_one(digits, monkeypatch):
+    crops = np.stack([u8(camera(d)) for d in digits[0][:7]])
+    crops[3] = 200  # blank paper: refused, in the middle of a chunk
+    whole = preprocess_batch(crops)
+    pre = sys.modules["runtime.preprocess"]
+    monkeypatch.setattr(pre, "CHUNK_PIXELS", 72 * 72 * 3)  # three crops a chunk, the last alone
+    assert pre.chunk_size(72, 72) == 3
+    chunked = preprocess_batch(crops)
+    assert np.array_equal(whole.images, chunked.images) and whole.refusals == chunked.refusals
+    assert chunked.refusals[3] == "no-ink" and sum(r is None for r in chunked.refusals) == 6
+    listed = preprocess_batch(list(crops))  # the path for crops of any sizes chunks its groups too
+    assert np.array_equal(listed.images, whole.images) and listed.refusals == whole.refusals
+    with pytest.raises(ValueError, match=r"crops of shape \(7, 72\): expected \(N, H, W\)"):
+        preprocess_batch(crops[:, 0])  # named as given, not as a chunk
+
+
 @pytest.mark.parametrize("kind", ["clean", "speck", "gradient", "noise", "blur", "scale", "polarity", "rgb", "bgr",
                                   "uint16", "float", "vignette"])
 def test_each_degradation_alone_recovers_the_digit(digits, kind):

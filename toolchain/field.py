@@ -136,20 +136,57 @@ def _jpeg_like(x: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
     return out
 
 
+#: :func:`render` shoots this many crop pixels at a time (about 230 crops of 96x96). Its
+#: temporaries scale with the batch (the specks' distances are crops x specks x pixels): 4,000
+#: harsh crops at once touched 13 GB of fresh pages, two thirds of the time in the kernel.
+RENDER_PIXELS = 1 << 21
+
+
 def render(digits: torch.Tensor, level: FieldLevel, generator: torch.Generator | None = None) -> torch.Tensor:
     """Camera crops ``(N, size, size)`` in [0, 1] (quantised to 256 levels) of light-on-dark
     digit frames ``digits`` ``(N, 1, 28, 28)`` in [0, 1], under conditions drawn from ``level``.
 
     Crops come back gray; :func:`colourise` makes RGB ones for the crops ``level.colour`` picks.
+    Every random number is drawn first, for the whole batch and in a fixed order, then the
+    crops are shot :data:`RENDER_PIXELS` at a time: a seed gives the same crops whatever the
+    chunking.
     """
     n, dev, s = digits.shape[0], digits.device, level.size
     g = generator
-    zoom = _uniform(level.zoom, n, g, dev)
-    ang = (torch.rand(n, device=dev, generator=g) * 2 - 1) * math.radians(level.rotation)
+    d: dict[str, torch.Tensor] = {}
+    d["zoom"] = _uniform(level.zoom, n, g, dev)
+    d["ang"] = (torch.rand(n, device=dev, generator=g) * 2 - 1) * math.radians(level.rotation)
     # Where the digit's centre lands: anywhere that keeps its 20-pixel box inside the crop.
-    room = (s / 2 - 11 * zoom).clamp_min(0) / (s / 2)
-    shift = (torch.rand(n, 2, device=dev, generator=g) * 2 - 1) * room.view(n, 1) * 0.8
-    persp = (torch.rand(n, 2, device=dev, generator=g) * 2 - 1) * level.perspective
+    room = (s / 2 - 11 * d["zoom"]).clamp_min(0) / (s / 2)
+    d["shift"] = (torch.rand(n, 2, device=dev, generator=g) * 2 - 1) * room.view(n, 1) * 0.8
+    d["persp"] = (torch.rand(n, 2, device=dev, generator=g) * 2 - 1) * level.perspective
+    d["blur"] = _uniform(level.blur, n, g, dev)
+    if level.specks:
+        d["count"] = torch.randint(0, level.specks + 1, (n, 1), device=dev, generator=g)
+        d["pos"] = torch.rand(n, level.specks, 2, device=dev, generator=g) * 2 - 1
+        d["rad"] = 0.5 + torch.rand(n, level.specks, device=dev, generator=g)
+    d["paper"] = _uniform(level.paper, n, g, dev)
+    d["contrast"] = _uniform(level.contrast, n, g, dev)
+    d["theta"] = torch.rand(n, device=dev, generator=g) * 2 * math.pi
+    d["grad"] = _uniform(level.gradient, n, g, dev)
+    d["vig"] = _uniform(level.vignette, n, g, dev)
+    d["flip"] = torch.rand(n, device=dev, generator=g) < level.invert
+    d["noise"] = torch.randn((n, s, s), device=dev, generator=g)
+    d["sigma"] = _uniform(level.noise, n, g, dev)
+    if level.jpeg[1] > 0:
+        d["jpeg"] = _uniform(level.jpeg, n, g, dev)
+    out = torch.empty((n, s, s), device=dev, dtype=digits.dtype)
+    step = max(1, RENDER_PIXELS // (s * s))
+    for i in range(0, n, step):
+        out[i:i + step] = _shoot(digits[i:i + step], level, {k: v[i:i + step] for k, v in d.items()})
+    return out
+
+
+def _shoot(digits: torch.Tensor, level: FieldLevel, d: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`render`'s crops of ``digits`` under the conditions drawn in ``d`` (one row each)."""
+    n, dev, s = digits.shape[0], digits.device, level.size
+    zoom = d["zoom"]
+    shift, persp = d["shift"], d["persp"]
     # Output pixel centres in normalised crop coordinates [-1, 1] ...
     lin = (torch.arange(s, device=dev, dtype=digits.dtype) + 0.5) / s * 2 - 1
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
@@ -157,36 +194,32 @@ def render(digits: torch.Tensor, level: FieldLevel, generator: torch.Generator |
     # ... through a keystone (a projective divide) and a rotation, into the digit frame's [-1, 1].
     wgt = 1 + persp[:, :1] * px + persp[:, 1:] * py
     px, py = px / wgt, py / wgt
-    cos, sin = torch.cos(ang).view(n, 1), torch.sin(ang).view(n, 1)
+    cos, sin = torch.cos(d["ang"]).view(n, 1), torch.sin(d["ang"]).view(n, 1)
     k = (s / 28) / zoom.view(n, 1)
     gx, gy = k * (cos * px + sin * py), k * (-sin * px + cos * py)
     grid = torch.stack([gx, gy], -1).view(n, s, s, 2)
     ink = F.grid_sample(digits, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
-    ink = _gaussian_blur(ink, _uniform(level.blur, n, g, dev) * zoom)
+    ink = _gaussian_blur(ink, d["blur"] * zoom)
     # Specks: small dark dots anywhere in the crop.
     if level.specks:
-        count = torch.randint(0, level.specks + 1, (n, 1), device=dev, generator=g)
-        pos = torch.rand(n, level.specks, 2, device=dev, generator=g) * 2 - 1
-        rad = (0.5 + torch.rand(n, level.specks, device=dev, generator=g)) * zoom.view(n, 1) * 0.7 * (2 / s)
-        live = torch.arange(level.specks, device=dev).view(1, -1) < count
+        pos = d["pos"]
+        rad = d["rad"] * zoom.view(n, 1) * 0.7 * (2 / s)
+        live = torch.arange(level.specks, device=dev).view(1, -1) < d["count"]
         d2 = (xx.reshape(1, 1, -1) - pos[..., :1]) ** 2 + (yy.reshape(1, 1, -1) - pos[..., 1:]) ** 2
         dots = (torch.exp(-d2 / (2 * rad.unsqueeze(-1) ** 2)) * live.unsqueeze(-1)).amax(1).view(n, s, s)
         ink = torch.maximum(ink, dots)
-    paper = _uniform(level.paper, n, g, dev).view(n, 1, 1)
-    contrast = torch.minimum(_uniform(level.contrast, n, g, dev).view(n, 1, 1), paper - 0.02)
+    paper = d["paper"].view(n, 1, 1)
+    contrast = torch.minimum(d["contrast"].view(n, 1, 1), paper - 0.02)
     img = paper - contrast * ink.clamp(0, 1)
     # Light: a linear fall-off in a random direction, and darker corners.
-    theta = torch.rand(n, device=dev, generator=g) * 2 * math.pi
-    grad = _uniform(level.gradient, n, g, dev).view(n, 1, 1)
+    theta = d["theta"]
     ramp = (torch.cos(theta).view(n, 1, 1) * xx + torch.sin(theta).view(n, 1, 1) * yy) / 2
-    vig = _uniform(level.vignette, n, g, dev).view(n, 1, 1)
-    light = (1 + grad * ramp) * (1 - vig * (xx ** 2 + yy ** 2) / 2)
+    light = (1 + d["grad"].view(n, 1, 1) * ramp) * (1 - d["vig"].view(n, 1, 1) * (xx ** 2 + yy ** 2) / 2)
     img = img * light
-    flip = torch.rand(n, device=dev, generator=g) < level.invert
-    img = torch.where(flip.view(n, 1, 1), 1 - img, img)
-    img = img + torch.randn(img.shape, device=dev, generator=g) * _uniform(level.noise, n, g, dev).view(n, 1, 1)
-    if level.jpeg[1] > 0:
-        img = _jpeg_like(img, _uniform(level.jpeg, n, g, dev))
+    img = torch.where(d["flip"].view(n, 1, 1), 1 - img, img)
+    img = img + d["noise"] * d["sigma"].view(n, 1, 1)
+    if "jpeg" in d:
+        img = _jpeg_like(img, d["jpeg"])
     return torch.round(img.clamp(0, 1) * 255) / 255
 
 
