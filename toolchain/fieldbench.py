@@ -162,15 +162,16 @@ def _measure(decide: Decider, crops: np.ndarray, labels: np.ndarray | None) -> d
     return res
 
 
-def run_field(artifact: Path, test: Dataset, *, n: int = 2000, levels: list[str] | None = None,
+def run_field(artifact: Path, test: Dataset, *, n: int | None = None, levels: list[str] | None = None,
               non_digits: int = 1000, backend: str = "auto", printed: bool = True) -> dict[str, Any]:
-    """Accuracy, coverage and selective risk per level on the first ``n`` test images, the
-    share of non-digit crops accepted (``non_digits`` of each kind; 0 skips them) and, with
-    ``printed``, the same figures for ``n`` printed digits at the mild level."""
+    """Accuracy, coverage and selective risk per level on the first ``n`` test images (None: all
+    of them), the share of non-digit crops accepted (``non_digits`` of each kind; 0 skips them)
+    and, with ``printed``, the same figures for ``n`` printed digits at the mild level."""
     names = levels or list(field.LEVELS)
     unknown = [k for k in names if k not in field.LEVELS]
     if unknown:
         raise ValueError(f"field level(s) {', '.join(unknown)}: expected some of {', '.join(field.LEVELS)}")
+    n = len(test.images) if n is None else n
     if n < 1:
         raise ValueError(f"{n} images: expected at least 1")
     decide = Decider(artifact, backend)
