@@ -135,6 +135,33 @@ def test_resume_after_interruption_continues_where_it_stopped(tmp_path, small_sp
         fit(make_config(epochs=3, lr=0.1), tr, tmp_path, resume=True)
     with pytest.raises(ValueError, match=r"\(epochs\).*--epochs may change only with a constant schedule"):
         fit(make_config(epochs=5), tr, tmp_path, resume=True)
+    # A run from before printed characters weighed apart (its config lacks the key) had them at 1.
+    state = load_checkpoint(tmp_path / "last.pt")
+    del state["train_config"]["glyph_weight"]
+    save_checkpoint(tmp_path / "last.pt", state)
+    with pytest.raises(ValueError, match=r"different training settings \(glyph_weight\)"):
+        fit(make_config(epochs=3), tr, tmp_path, resume=True)
+    assert fit(make_config(epochs=3, glyph_weight=1.0), tr, tmp_path, resume=True).history[-1]["epoch"] == 3
+
+
+def test_printed_characters_are_marked_and_weigh_apart(mnist_train):
+    from toolchain.train import GLYPH_LABEL, OUTLIER_LABEL, _field_batch, outlier_loss
+    x = torch.from_numpy(mnist_train.images[:300].copy()).unsqueeze(1)
+    y = torch.from_numpy(mnist_train.labels[:300].astype(np.int64))
+    _, marked = _field_batch(x, y, torch.Generator().manual_seed(0), outliers=0.5, printed=True)
+    glyphs = (marked[:150] == GLYPH_LABEL).float().mean()
+    assert set(marked[:150].tolist()) == {OUTLIER_LABEL, GLYPH_LABEL} and 0.2 < glyphs < 0.47  # a third
+    assert (marked[150:] >= 0).all()
+    _, plain = _field_batch(x, y, torch.Generator().manual_seed(0), outliers=0.5)
+    assert (plain[:150] == OUTLIER_LABEL).all()  # data that is not digits gets no printed characters
+    logits = torch.randn(4, 10)
+    labels = torch.tensor([OUTLIER_LABEL, GLYPH_LABEL, 3, GLYPH_LABEL])
+    ce_uniform = -logits.log_softmax(1).mean(1)
+    want = 0.2 * (ce_uniform[0] + 3.0 * (ce_uniform[1] + ce_uniform[3])) / 2
+    cfg = make_config(outlier_weight=0.2, glyph_weight=3.0)
+    assert torch.isclose(outlier_loss(logits, labels, 2, cfg), want)
+    with pytest.raises(ValueError, match=r"glyph weight -1.0: expected a value in \[0, 100\]"):
+        make_config(glyph_weight=-1.0)
 
 
 def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):

@@ -160,6 +160,9 @@ def _parse_rotations(text: str | None) -> tuple[float, ...] | None:
               help="Synthetic non-digits per real image, trained toward uniform (default: the recipe's).")
 @click.option("--outlier-weight", type=float, default=None,
               help="Weight of the outliers' loss against the digits' (default: the recipe's).")
+@click.option("--glyph-weight", type=float, default=None,
+              help="Weight of the field's printed letters and symbols among the outliers, times another "
+                   "outlier's (default: the recipe's; 10).")
 @click.option("--field-fraction", type=float, default=None,
               help="Share of each batch that is camera crops run through the preprocessing's torch twin "
                    "(default: the recipe's; 0.25 for 'default', 0 for 'seed'; 0 turns the field off).")
@@ -184,7 +187,8 @@ def _parse_rotations(text: str | None) -> tuple[float, ...] | None:
 @click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content as JSON at the end.")
 @handle_errors
 def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_size: int | None, lr: float | None,
-          outlier_fraction: float | None, outlier_weight: float | None, field_fraction: float | None,
+          outlier_fraction: float | None, outlier_weight: float | None, glyph_weight: float | None,
+          field_fraction: float | None,
           translate: float | None, polarity: str | None, view_rotations: str | None, device: str, seed: int,
           deterministic: bool, threads: int | None, resume: bool, class_names: str | None,
           train_csv: Path | None, test_csv: Path | None, idx_dir: Path | None, gate_cfg: Any,
@@ -202,7 +206,7 @@ def train(out: Path, recipe: str, arch: str | None, epochs: int | None, batch_si
             raise click.BadParameter(f"{threads}: expected at least 1", param_hint="--threads")
         torch.set_num_threads(threads)
     cfg = make_config(recipe, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr,
-                      outlier_fraction=outlier_fraction, outlier_weight=outlier_weight,
+                      outlier_fraction=outlier_fraction, outlier_weight=outlier_weight, glyph_weight=glyph_weight,
                       field_fraction=field_fraction, translate=translate,
                       polarity=polarity,
                       view_rotations=_parse_rotations(view_rotations), device=device,

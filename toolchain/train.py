@@ -50,6 +50,10 @@ class TrainConfig:
     # uniform distribution, so the gate learns to refuse what is not a digit.
     outlier_fraction: float = 0.25
     outlier_weight: float = 0.2
+    # The field's printed letters and symbols weigh this many times another outlier: at 1 the
+    # model read most printed D, C and H as 0 and 4, even in sans faces it trained on. 10 was
+    # chosen on two seeds' held-out renderings and fresh non-digit draws (docs/field.md).
+    glyph_weight: float = 10.0
     polarity: str = "auto"
     # Test-time views (degrees): the kept model averages its logits over the frame and these
     # rotations of it. Training and model selection see single frames.
@@ -115,6 +119,7 @@ def validate_config(cfg: TrainConfig) -> None:
         (0.0 <= cfg.translate <= 8.0, f"translate {cfg.translate}: expected pixels in [0, 8]"),
         (0.0 <= cfg.outlier_fraction <= 1.0, f"outlier fraction {cfg.outlier_fraction}: expected a value in [0, 1]"),
         (0.0 <= cfg.outlier_weight <= 10.0, f"outlier weight {cfg.outlier_weight}: expected a value in [0, 10]"),
+        (0.0 <= cfg.glyph_weight <= 100.0, f"glyph weight {cfg.glyph_weight}: expected a value in [0, 100]"),
         (0.0 <= cfg.field_fraction < 1.0, f"field fraction {cfg.field_fraction}: expected a value in [0, 1)"),
         (cfg.field_bank >= 1 and 0 <= cfg.field_refresh <= cfg.field_bank,
          f"field bank {cfg.field_bank} / refresh {cfg.field_refresh}: expected a bank of at least 1 and a refresh "
@@ -282,6 +287,20 @@ class FieldBank:
         self.cursor = int((self.cursor + count) % self.x.shape[0])
 
 
+#: Labels of non-digits in training batches: outliers, and the field's printed characters among them.
+OUTLIER_LABEL, GLYPH_LABEL = -1, -2
+
+
+def outlier_loss(logits: torch.Tensor, labels: torch.Tensor, n_out: int, cfg: TrainConfig) -> torch.Tensor:
+    """Outlier exposure (Hendrycks et al.): cross-entropy to the uniform distribution of the rows
+    labelled as non-digits, printed characters weighing ``cfg.glyph_weight`` times the others,
+    summed and divided by ``n_out`` (the batch's synthetic outliers), times ``cfg.outlier_weight``."""
+    out = labels < 0
+    lo = -logits[out].log_softmax(1).mean(1)
+    w = torch.where(labels[out] == GLYPH_LABEL, cfg.glyph_weight, 1.0).to(lo.dtype)
+    return cfg.outlier_weight * (lo * w).sum() / max(n_out, 1)
+
+
 def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outliers: float = 0.0,
                  chunk: int = 1024, printed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Field frames (uint8) of training digits; a crop the preprocessing refuses keeps its plain frame.
@@ -303,15 +322,16 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
         pick = torch.randint(0, printed_x.shape[0], (x_u8.shape[0],), device=x_u8.device, generator=gen)
         x_u8 = torch.where(swap.view(-1, 1, 1, 1), printed_x[pick].unsqueeze(1), x_u8)
         y = torch.where(swap, printed_y[pick].to(y.dtype), y)
-    xs = []
+    xs, glyph = [], torch.zeros(x_u8.shape[0], dtype=torch.bool, device=x_u8.device)
     for i in range(0, x_u8.shape[0], chunk):
         xb = x_u8[i:i + chunk].float() / 255.0
         if i < k:
             m = min(k - i, xb.shape[0])
-            xb = torch.cat([make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed), xb[m:]])
+            xo, glyph[i:i + m] = make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed, which=True)
+            xb = torch.cat([xo, xb[m:]])
         fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False, ink_floor=0.0)
         xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
-    y[:k] = -1
+    y[:k] = torch.where(glyph[:k], GLYPH_LABEL, OUTLIER_LABEL).to(y.dtype)
     return torch.round(torch.cat(xs) * 255).to(torch.uint8), y
 
 
@@ -349,8 +369,7 @@ def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
             out = yb < 0
             loss = F.cross_entropy(logits[~out], yb[~out])
             if cfg.outlier_weight > 0:
-                lo = -logits[out].log_softmax(1).mean(1)
-                loss = loss + cfg.outlier_weight * lo.sum() / max(n_out, 1)
+                loss = loss + outlier_loss(logits, yb, n_out, cfg)
         else:
             loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
@@ -471,11 +490,12 @@ def fit(cfg: TrainConfig, train: Dataset, out_dir: Path, *, resume: bool = False
     if resume and last_path.is_file():
         state = load_checkpoint(last_path)
         saved_bank = state.get("field_bank")
-        saved = state["train_config"]
+        # A run from before printed characters weighed apart had them at one outlier's weight.
+        saved = {"glyph_weight": 1.0, **state["train_config"]}
         # The one-cycle schedule is laid out over the whole run: only a constant rate can be extended.
         fixed = {"epochs"} if cfg.schedule == "constant" else set()
         if {k: v for k, v in saved.items() if k not in fixed} != {k: v for k, v in cfg.to_dict().items() if k not in fixed}:
-            changed = sorted(k for k in saved if saved.get(k) != cfg.to_dict().get(k))
+            changed = sorted(k for k in set(saved) | set(cfg.to_dict()) if saved.get(k) != cfg.to_dict().get(k))
             raise ArtifactError(f"{last_path}: was written with different training settings ({', '.join(changed)}); "
                                 "resume with the same options (--epochs may change only with a constant schedule, "
                                 "as in --recipe seed) or use a new --out")
