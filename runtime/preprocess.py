@@ -259,11 +259,10 @@ def work_factor(h: int, w: int, work: int = WORK) -> int:
     return max(1, min(max(h, w) // work, min(h, w) // MIN_SIDE))
 
 
-def chunk_size(h: int, w: int, work: int = WORK) -> int:
-    """How many ``h x w`` crops :func:`preprocess_batch` takes through the pipeline at a time:
-    :data:`CHUNK_PIXELS` working pixels' worth, at least one."""
-    f = work_factor(h, w, work)
-    return max(1, CHUNK_PIXELS // max(1, (h // f) * (w // f)))
+def chunk_size(h: int, w: int) -> int:
+    """How many crops of ``h x w`` pixels at working size :func:`preprocess_batch` takes through
+    the pipeline at a time: :data:`CHUNK_PIXELS` working pixels' worth, at least one."""
+    return max(1, CHUNK_PIXELS // max(1, h * w))
 
 
 def reduce_to_work(x: np.ndarray, work: int = WORK) -> np.ndarray:
@@ -791,7 +790,8 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
         _layout(crops, channels, batch=True)  # a bad shape is named as given, not as a chunk's
         frames = np.zeros((len(crops), FRAME, FRAME), dtype=np.float32)
         code = np.zeros(len(crops), dtype=np.int64)
-        step = chunk_size(*crops.shape[1:3])
+        f = work_factor(*crops.shape[1:3])
+        step = chunk_size(crops.shape[1] // f, crops.shape[2] // f)
         for i in range(0, len(crops), step):
             frames[i:i + step], code[i:i + step] = _frames(_gray_work(crops[i:i + step], channels, batch=True))
     else:
@@ -810,7 +810,7 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
         for i, g in enumerate(gray):
             by_shape.setdefault(g.shape, []).append(i)
         for (h, w), idx in by_shape.items():
-            step = chunk_size(h, w, work=max(h, w))  # already at working size
+            step = chunk_size(h, w)
             for j in range(0, len(idx), step):
                 part = idx[j:j + step]
                 frames[part], code[part] = _frames(np.stack([gray[i] for i in part]))
