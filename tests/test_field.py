@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from runtime import Classifier, find_digits, preprocess_batch
 from runtime.preprocess import REASONS, refit_tables, robust_residuals
-from toolchain import field
+from toolchain import field, fieldbench
 from toolchain.cli import main
 from toolchain.fieldbench import non_digit_frames, object_edge, render_crops
 
@@ -242,6 +243,29 @@ def test_field_outliers_are_a_third_glyphs(mnist_train):
         out = field.make_field_outliers(x, torch.Generator().manual_seed(1), **kw)
         return np.mean([f.tobytes() in glyphs for f in torch.round(out[:, 0] * 255).to(torch.uint8).numpy()])
     assert 0.28 < glyph_share(glyphs=True) < 0.39 and glyph_share() == 0.0
+
+
+def test_the_benchmarks_lines_cross_at_thirty_degrees_at_least(monkeypatch):
+    rng = np.random.default_rng(3)
+    seps = []
+    for k in (2, 3, 4) * 2000:
+        u = rng.random(k)
+        a = fieldbench.crossing_angles(u)
+        x = np.sort(np.remainder(a, math.pi))
+        assert a[0] == u[0] * math.pi
+        assert np.diff(np.append(x, x[0] + math.pi)).min() >= math.radians(fieldbench.MIN_CROSSING) - 1e-9, (k, u)
+        if k == 2:
+            seps.append(math.degrees(np.remainder(a[1] - a[0], math.pi)))
+    assert min(seps) < 33 and max(seps) > 147  # every crossing from 30 to 150 degrees, not only near 90
+    # The clutter's lines are drawn at those angles: flattened to 0, every bundle turns into
+    # horizontal stripes (every row one value), a third of the clutter; at the real angles, none.
+    def stripes() -> int:
+        f = non_digit_frames("clutter", 300, np.random.default_rng(0))
+        rows_flat = (f == f[:, :, :1]).all(axis=2).all(axis=1)
+        return int((rows_flat & (f.min(axis=(1, 2)) != f.max(axis=(1, 2)))).sum())
+    assert stripes() == 0
+    monkeypatch.setattr(fieldbench, "crossing_angles", lambda u: np.zeros(len(u)))
+    assert 70 < stripes() < 130
 
 
 def test_non_digit_kinds_render(mnist_test):
