@@ -240,8 +240,10 @@ def test_field_outliers_are_a_third_glyphs(mnist_train):
     x = torch.from_numpy(mnist_train.images[:900].copy()).float().unsqueeze(1) / 255
     glyphs = {g.tobytes() for g in field.glyph_bank(torch.device("cpu"))[0].numpy()}
     def glyph_share(**kw):
-        out = field.make_field_outliers(x, torch.Generator().manual_seed(1), **kw)
-        return np.mean([f.tobytes() in glyphs for f in torch.round(out[:, 0] * 255).to(torch.uint8).numpy()])
+        out, marked = field.make_field_outliers(x, torch.Generator().manual_seed(1), **kw)
+        in_bank = np.array([f.tobytes() in glyphs for f in torch.round(out[:, 0] * 255).to(torch.uint8).numpy()])
+        assert marked.dtype == torch.bool and (marked.numpy() == in_bank).all()  # the glyphs, and only they
+        return in_bank.mean()
     assert 0.28 < glyph_share(glyphs=True) < 0.39 and glyph_share() == 0.0
 
 

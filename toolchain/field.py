@@ -239,9 +239,11 @@ def field_outlier_kinds(glyphs: bool) -> list[str]:
 
 
 def make_field_outliers(x: torch.Tensor, generator: torch.Generator | None = None,
-                        labels: torch.Tensor | None = None, glyphs: bool = False,
-                        which: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Non-digits for the field's outlier exposure, light on dark ``(N, 1, 28, 28)`` like ``x``.
+                        labels: torch.Tensor | None = None,
+                        glyphs: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-digits for the field's outlier exposure, light on dark ``(N, 1, 28, 28)`` like ``x``,
+    and bool ``(N,)``: which of them are printed characters (training weighs their loss apart,
+    ``TrainConfig.glyph_weight``; none without ``glyphs``).
 
     A camera's crops of no digit are mostly blots, crossing lines, the edges of other objects
     and printed characters, which the preprocessing then scales and centres like a digit. A
@@ -253,8 +255,7 @@ def make_field_outliers(x: torch.Tensor, generator: torch.Generator | None = Non
     Without the glyphs the default model accepted 12.5% of letters shot as crops (a face it
     never saw), H as 4 and C, D as 0; a third of glyphs, with printed digits among the field's
     digits, brought that to 4.5% for 0.6-0.9 points of coverage (held-out renderings,
-    docs/field.md). With ``which``, also bool ``(N,)``: the frames that are printed characters
-    (training weighs their loss apart, ``TrainConfig.glyph_weight``).
+    docs/field.md).
     """
     from .augment import make_outliers
     n, dev, g = x.shape[0], x.device, generator
@@ -284,9 +285,7 @@ def make_field_outliers(x: torch.Tensor, generator: torch.Generator | None = Non
         kind = torch.randint(0, 4, (n, 1, 1), device=dev, generator=g)
     shapes = torch.where(kind == 1, blot, torch.where(kind == 2, lines, torch.where(kind == 3, edge, glyph)))
     out = torch.where((kind == 0).unsqueeze(1), base, shapes.unsqueeze(1))
-    if which:
-        return out, (kind.view(-1) == 4) if glyphs else torch.zeros(n, dtype=torch.bool, device=dev)
-    return out
+    return out, (kind.view(-1) == 4) if glyphs else torch.zeros(n, dtype=torch.bool, device=dev)
 
 
 #: Printed characters for the field's training (:func:`toolchain.ood.font_glyphs`): this many

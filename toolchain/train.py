@@ -327,7 +327,7 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
         xb = x_u8[i:i + chunk].float() / 255.0
         if i < k:
             m = min(k - i, xb.shape[0])
-            xo, glyph[i:i + m] = make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed, which=True)
+            xo, glyph[i:i + m] = make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed)
             xb = torch.cat([xo, xb[m:]])
         fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False, ink_floor=0.0)
         xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
