@@ -312,7 +312,7 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
     :data:`PRINTED_SHARE` of the digits are printed digits in the glyph faces, labelled by their
     character.
     """
-    from .field import TRAIN_LEVEL, field_frames, glyph_bank, make_field_outliers
+    from .field import TRAIN_LEVEL, TRAIN_RIVAL_SHARE, field_frames, glyph_bank, make_field_outliers
     y = y.clone()
     k = int(round(outliers * x_u8.shape[0]))
     if printed:  # a share of the digits are printed ones, labelled by their character
@@ -329,7 +329,8 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
             m = min(k - i, xb.shape[0])
             xo, glyph[i:i + m] = make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed)
             xb = torch.cat([xo, xb[m:]])
-        fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False, ink_floor=0.0)
+        fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False, ink_floor=0.0,
+                                rival=TRAIN_RIVAL_SHARE)
         xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
     y[:k] = torch.where(glyph[:k], GLYPH_LABEL, OUTLIER_LABEL).to(y.dtype)
     return torch.round(torch.cat(xs) * 255).to(torch.uint8), y
