@@ -154,7 +154,7 @@ def test_a_far_blob_of_a_fifth_of_the_ink_refuses_the_crop(digits):
         # The torch twin agrees; training's frames keep the blob-free digit (TRAIN_RIVAL_SHARE 0.5).
         x = torch.from_numpy(with_blob(side)[None].astype(np.float32) / 255)
         assert field.preprocess_torch(x)[1].tolist() == [2]
-        assert field.preprocess_torch(x, rival=field.TRAIN_RIVAL_SHARE)[1].tolist() == [0]
+        assert field.preprocess_torch(x, rival_share=field.TRAIN_RIVAL_SHARE)[1].tolist() == [0]
 
 
 def test_speck_and_border_clutter_are_dropped(digits):

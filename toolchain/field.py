@@ -476,7 +476,7 @@ def _border_bands(x: torch.Tensor) -> torch.Tensor:
 
 def preprocess_torch(x: torch.Tensor, solid: bool = True, bands: bool = True,
                      cut: torch.Tensor | None = None, ink_floor: float = P.INK_FLOOR,
-                     rival: float = P.RIVAL_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
+                     rival_share: float = P.RIVAL_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """``runtime.preprocess``'s pipeline on gray float32 crops ``(N, H, W)`` in [0, 1], on their device.
 
     Returns ([0, 1] frames ``(N, 28, 28)``, reason codes ``(N,)``: 0 ok, else 1 + the index
@@ -484,7 +484,7 @@ def preprocess_torch(x: torch.Tensor, solid: bool = True, bands: bool = True,
     ``solid-ink`` refusal (training keeps those frames: see :func:`field_frames`), ``bands=False``
     the cutting of a band along a border (``runtime.preprocess.border_bands``); ``cut`` is what
     ``runtime.preprocess._normalise`` takes: the borders of a crop already cut. ``ink_floor``
-    is ``runtime.preprocess.INK_FLOOR`` unless training asks for 0, ``rival``
+    is ``runtime.preprocess.INK_FLOOR`` unless training asks for 0, ``rival_share``
     ``runtime.preprocess.RIVAL_SHARE`` unless training asks for :data:`TRAIN_RIVAL_SHARE`.
     """
     x = _reduce(x.float())
@@ -498,12 +498,12 @@ def preprocess_torch(x: torch.Tensor, solid: bool = True, bands: bool = True,
             plain = ~banded
             if plain.any():
                 frames[plain], code[plain] = preprocess_torch(x[plain], solid, bands=False, ink_floor=ink_floor,
-                                                                rival=rival)
+                                                                rival_share=rival_share)
             for i in torch.nonzero(banded).view(-1).tolist():
                 top, bottom, left, right = cuts[i].tolist()
                 frames[i:i + 1], code[i:i + 1] = preprocess_torch(x[i:i + 1, top:h - bottom, left:w - right],
                                                                   solid, bands=False, cut=cuts[i:i + 1] > 0,
-                                                                  ink_floor=ink_floor, rival=rival)
+                                                                  ink_floor=ink_floor, rival_share=rival_share)
             return frames, code
     dev = x.device
     (mid,) = _tile_levels(x, 2, (0.5,), extrapolate=True)
@@ -559,7 +559,7 @@ def preprocess_torch(x: torch.Tensor, solid: bool = True, bands: bool = True,
     keep_label[:, big] = False
     keep = torch.gather(keep_label, 1, lab.reshape(n, big)).view(n, gh, gw)
     main_mass = mass.gather(1, main.view(n, 1))
-    rival = (~keep_label[:, :big] & ~touch[:, :big] & (mass >= rival * main_mass)).any(1)
+    rival = (~keep_label[:, :big] & ~touch[:, :big] & (mass >= rival_share * main_mass)).any(1)
     all_borders = sides.gather(1, main.view(n, 1)).view(n) >= P.SPANS
 
     region = _dilate(keep, 1).repeat_interleave(c, 1).repeat_interleave(c, 2)[:, :h, :w]
@@ -612,7 +612,7 @@ def preprocess_torch(x: torch.Tensor, solid: bool = True, bands: bool = True,
 
 def field_frames(digits: torch.Tensor, level: FieldLevel, generator: torch.Generator | None = None,
                  solid: bool = True, bands: bool = True, ink_floor: float = P.INK_FLOOR,
-                 rival: float = P.RIVAL_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
+                 rival_share: float = P.RIVAL_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """Digits ``(N, 1, 28, 28)`` in [0, 1] -> what a device would make of them: frames
     ``(N, 1, 28, 28)`` in [0, 1] (quantised to 256 levels) and the reason codes (0 ok).
 
@@ -625,13 +625,13 @@ def field_frames(digits: torch.Tensor, level: FieldLevel, generator: torch.Gener
     ``ink_floor=0``: a blurred stroke keeps its skirt, a thicker stroke, which the device's
     frames do not have (``runtime.preprocess.INK_FLOOR``); trained with a device floor of 0.35,
     one model lost about a point of certified coverage on the raw test frames (mean over 40
-    divisions of its held-out frames, 91.2% against 92.4%). And ``rival=TRAIN_RIVAL_SHARE``: a
+    divisions of its held-out frames, 91.2% against 92.4%). And ``rival_share=TRAIN_RIVAL_SHARE``: a
     digit beside a far blob of a fifth to half of its ink still trains (with the blob dropped);
     the device refuses it since ``runtime.preprocess.RIVAL_SHARE`` came down to 0.2, and the
     default model was trained before that (training stays as it was).
     """
     crops = render(digits, level, generator)
-    frames, code = preprocess_torch(crops, solid, bands, ink_floor=ink_floor, rival=rival)
+    frames, code = preprocess_torch(crops, solid, bands, ink_floor=ink_floor, rival_share=rival_share)
     return (torch.round(frames * 255) / 255).unsqueeze(1), code
 
 

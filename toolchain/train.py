@@ -330,7 +330,7 @@ def _field_batch(x_u8: torch.Tensor, y: torch.Tensor, gen: torch.Generator, outl
             xo, glyph[i:i + m] = make_field_outliers(xb[:m], gen, y[i:i + m], glyphs=printed)
             xb = torch.cat([xo, xb[m:]])
         fr, code = field_frames(xb, TRAIN_LEVEL, gen, solid=False, bands=False, ink_floor=0.0,
-                                rival=TRAIN_RIVAL_SHARE)
+                                rival_share=TRAIN_RIVAL_SHARE)
         xs.append(torch.where((code > 0).view(-1, 1, 1, 1), xb, fr))
     y[:k] = torch.where(glyph[:k], GLYPH_LABEL, OUTLIER_LABEL).to(y.dtype)
     return torch.round(torch.cat(xs) * 255).to(torch.uint8), y
