@@ -362,7 +362,7 @@ def train_one_epoch(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: A
         if n_out:
             xo = make_outliers(xb[-n_out:], gen, yb[-n_out:])
             xb = torch.cat([xb, xo])
-            yb = torch.cat([yb, torch.full((n_out,), -1, device=yb.device, dtype=yb.dtype)])
+            yb = torch.cat([yb, torch.full((n_out,), OUTLIER_LABEL, device=yb.device, dtype=yb.dtype)])
         logits = model(xb)
         if bank is not None or n_out:
             # Non-digits (label -1: synthetic outliers, and the bank's field outliers) are trained
