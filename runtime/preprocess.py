@@ -927,6 +927,23 @@ def around(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     return np.clip(roi, 0, [shape[1], shape[0], shape[1], shape[0]])
 
 
+def polarity_votes(work: np.ndarray, boxes: np.ndarray, dark: np.ndarray, margin: float = 0.5) -> float:
+    """The share of the pieces ``boxes`` (x0, y0, x1, y1) of a frame ``(1, H, W)`` at search size
+    whose own surroundings (the box widened by ``margin`` of its height: mostly paper) have ink
+    of polarity ``dark`` by :func:`dark_ink`; 0 without pieces (or none at least
+    :data:`MIN_SIDE` pixels a side). At :data:`MARGIN`, as :func:`find_digits` cuts a digit, a
+    hole's surroundings were mostly its digit's ink and voted with the hole (one-off runs of
+    ``benchmarks/frame_scenes.py`` on seed 11)."""
+    votes = []
+    h, w = work.shape[1:]
+    for x0, y0, x1, y1 in boxes.tolist():
+        pad = int(math.ceil(margin * (y1 - y0)))
+        crop = work[:, max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)]
+        if min(crop.shape[1:]) >= MIN_SIDE:
+            votes.append(bool(dark_ink(crop)[0] == dark[0]))
+    return float(np.mean(votes)) if votes else 0.0
+
+
 def _frame_pieces(work: np.ndarray, dark: np.ndarray,
                   min_height: float) -> tuple[np.ndarray, bool, float, np.ndarray | None]:
     """The digit pieces' boxes (:func:`digit_pieces`) of a frame ``(1, H, W)`` at search size, its ink
@@ -950,6 +967,10 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
                   float(base_s[0] + NOISE_SIGMAS * sigma_s[0]))
         ink = (rest > thr) & ~hide
         lab, ids, boxes = component_boxes(ink)
+        # The lower level lets the scene's own fringe through (beyond a table's edge, the light
+        # interpolated between paper and table): ink along what was hidden is the scene's.
+        fringe = np.isin(ids, lab[dilate_cells(hide[None], 1)[0] & ink])
+        ids, boxes = ids[~fringe], boxes[~fringe]
     which = digit_pieces(boxes, shape, min_height)
     kept = boxes[which]
     ring = around(boxes[~is_scene(boxes, shape)], shape)
@@ -969,12 +990,16 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     8-connected components. The scene around the digits is left out (:func:`digit_pieces`):
     ink touching three borders or running from one border to the opposite one (a meter's
     bezel, the table beyond the paper, a fold), after which the frame is thresholded again
-    without it; long lines (an underline) and boxes drawn around other ink (a form field's).
+    without it (and ink along what was hidden, the scene's fringe, is the scene's too); long
+    lines (an underline) and boxes drawn around other ink (a form field's).
     Digits must therefore have some paper between them and the frame's borders. Where scene was
-    left out, or nothing is left, the other polarity is read too and taken when its pieces fill
-    :data:`FILL_MARGIN` less of their boxes (a dark table over a quarter of the frame turns the
-    polarity test; strokes leave a digit's box mostly paper, paper taken for ink fills it), unless
-    one of its pieces covers a quarter of the frame (the paper of a sheet on a desk). A piece
+    left out, or nothing is left, the other polarity is read too (a dark table over a quarter of
+    the frame turns the polarity test: the paper becomes the "ink", the digits' holes its
+    pieces) and taken when more of its pieces agree with it in their own surroundings
+    (:func:`polarity_votes`: mostly paper, where the polarity test holds), or, as many, when its
+    pieces fill :data:`FILL_MARGIN` less of their boxes (strokes leave a digit's box mostly
+    paper, paper taken for ink fills it); never when one of its pieces covers a quarter of the
+    frame (the paper of a sheet on a desk). A piece
     that covers a quarter of the frame and dwarfs the others (:func:`around`: a sheet's edge,
     which the flattening turns into a band of ink, or a box around a field) is searched again
     inside, once, at full resolution. Pieces that overlap in x by half the narrower's width are
@@ -1009,7 +1034,11 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
         # desk) taken for ink.
         area = (other[:, 2] - other[:, 0]) * (other[:, 3] - other[:, 1])
         paper = bool((area >= 0.25 * work.shape[1] * work.shape[2]).any())
-        if len(other) and (len(boxes) == 0 or (fill_other < fill - FILL_MARGIN and not paper)):
+        # Each piece's surroundings are mostly paper, where the polarity test holds even when the
+        # whole frame's failed: the polarity whose pieces more often agree with their own is kept.
+        agree, agree_other = polarity_votes(work, boxes, dark), polarity_votes(work, other, ~dark)
+        sparser = agree_other > agree or (agree_other == agree and fill_other < fill - FILL_MARGIN)
+        if len(other) and (len(boxes) == 0 or (sparser and not paper)):
             boxes, ring = other, ring_other
     if ring is not None and not inside:
         # The edge of a sheet on a desk (or a box around a field) sets the digits' height and

@@ -379,24 +379,30 @@ def test_find_digits_leaves_the_scene_around_the_digits(digits, scene):
     assert hits >= 0.9 * total
 
 
-def test_find_digits_beside_a_table_over_a_quarter_of_the_frame(digits):
+@pytest.mark.parametrize("seed", [5, 10])
+def test_find_digits_beside_a_table_over_a_quarter_of_the_frame(digits, seed):
     # So wide a table turns the polarity test: the paper beside it became the "ink", and the
-    # holes of the digits their pieces. The other polarity's pieces are sparser: taken instead.
-    rng = np.random.default_rng(5)
+    # holes of the digits their pieces (17 and 15 of the 20 frames of seeds 5 and 10 had their
+    # digits found). Each piece's own surroundings, mostly paper, vote for the polarity
+    # instead. And the table's fringe, which the level without the table let through, was a
+    # phantom digit beyond the paper's edge (once in seed 5's frames). With the fringe rule but
+    # not the votes, seed 10's frames kept 17 whole; with the votes alone, seed 5 found a phantom.
+    rng = np.random.default_rng(seed)
     imgs = digits[0]
-    whole = hits = total = 0
+    whole = hits = total = beyond = 0
     for t in range(20):
         k = 1 + t % 4
         idx = rng.choice(len(imgs), k, replace=False)
         frame, _ = compose(imgs[idx], rng, scene=lambda f: np.concatenate(
             [f, np.full((f.shape[0], f.shape[1] * 3 // 7), 30.0)], axis=1))
         found = find_digits(frame)
+        beyond += sum(f.box[0] >= frame.shape[1] * 7 // 10 - 5 for f in found)
         if len(found) == k:
             whole += 1
             for f, i in zip(found, idx):
                 total += 1
                 hits += f.image is not None and close(f.image, preprocess(imgs[i])) > 0.8
-    assert whole >= 15 and hits >= 0.9 * total
+    assert whole >= 19 and hits >= 0.95 * total and beyond == 0, (whole, hits, total, beyond)
 
 
 @pytest.mark.parametrize("desk", [90.0, 150.0, 230.0])
