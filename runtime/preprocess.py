@@ -927,6 +927,15 @@ def around(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
     return np.clip(roi, 0, [shape[1], shape[0], shape[1], shape[0]])
 
 
+def inside_count(boxes: np.ndarray, others: np.ndarray) -> int:
+    """How many of ``boxes`` ``(K, 4)`` lie strictly inside one of ``others`` ``(M, 4)`` (x0, y0, x1, y1)."""
+    if len(boxes) == 0 or len(others) == 0:
+        return 0
+    b, o = boxes[:, None], others[None]
+    inner = (b[..., 0] > o[..., 0]) & (b[..., 1] > o[..., 1]) & (b[..., 2] < o[..., 2]) & (b[..., 3] < o[..., 3])
+    return int(inner.any(axis=1).sum())
+
+
 def polarity_votes(work: np.ndarray, boxes: np.ndarray, dark: np.ndarray, margin: float = 0.5) -> float:
     """The share of the pieces ``boxes`` (x0, y0, x1, y1) of a frame ``(1, H, W)`` at search size
     whose own surroundings (the box widened by ``margin`` of its height: mostly paper) have ink
@@ -996,10 +1005,11 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     left out, or nothing is left, the other polarity is read too (a dark table over a quarter of
     the frame turns the polarity test: the paper becomes the "ink", the digits' holes its
     pieces) and taken when more of its pieces agree with it in their own surroundings
-    (:func:`polarity_votes`: mostly paper, where the polarity test holds), or, as many, when its
-    pieces fill :data:`FILL_MARGIN` less of their boxes (strokes leave a digit's box mostly
-    paper, paper taken for ink fills it); never when one of its pieces covers a quarter of the
-    frame (the paper of a sheet on a desk). A piece
+    (:func:`polarity_votes`: mostly paper, where the polarity test holds); as many, when the
+    kept polarity's pieces lie inside the other's and none the other way (holes in digits); and
+    failing that, when its pieces fill :data:`FILL_MARGIN` less of their boxes (strokes leave a
+    digit's box mostly paper, paper taken for ink fills it); never when one of its pieces covers
+    a quarter of the frame (the paper of a sheet on a desk). A piece
     that covers a quarter of the frame and dwarfs the others (:func:`around`: a sheet's edge,
     which the flattening turns into a band of ink, or a box around a field) is searched again
     inside, once, at full resolution. Pieces that overlap in x by half the narrower's width are
@@ -1037,7 +1047,11 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
         # Each piece's surroundings are mostly paper, where the polarity test holds even when the
         # whole frame's failed: the polarity whose pieces more often agree with their own is kept.
         agree, agree_other = polarity_votes(work, boxes, dark), polarity_votes(work, other, ~dark)
-        sparser = agree_other > agree or (agree_other == agree and fill_other < fill - FILL_MARGIN)
+        # A hole's surroundings can be mostly its digit's ink, which votes with it; but a hole
+        # lies inside a piece of the other polarity, and a digit never inside one of its holes.
+        holes, holes_other = inside_count(boxes, other), inside_count(other, boxes)
+        sparser = agree_other > agree or (agree_other == agree and (
+            (holes > 0 and holes_other == 0) or (holes == holes_other == 0 and fill_other < fill - FILL_MARGIN)))
         if len(other) and (len(boxes) == 0 or (sparser and not paper)):
             boxes, ring = other, ring_other
     if ring is not None and not inside:

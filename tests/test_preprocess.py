@@ -405,6 +405,26 @@ def test_find_digits_beside_a_table_over_a_quarter_of_the_frame(digits, seed):
     assert whole >= 19 and hits >= 0.95 * total and beyond == 0, (whole, hits, total, beyond)
 
 
+def test_a_tied_polarity_vote_goes_to_the_polarity_without_holes(mnist_test):
+    # Frame 47 of the frame benchmark's wide table (seed 12): a hole's own surroundings are its
+    # digit's ink and vote with it, both polarities agree with all their pieces, and the fill
+    # rule kept the holes (refused). The holes lie inside the digits, never the other way.
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import frame_scenes
+    rng = np.random.default_rng(12)
+    kw, paint = frame_scenes.SCENES["table, 30% of frame"]
+    for _ in range(48):
+        idx = rng.choice(len(mnist_test.images), int(rng.integers(1, 6)), replace=False)
+        f, boxes = frame_scenes.compose(mnist_test.images[idx], rng, **kw)
+        f = paint(f)
+        f = f * np.linspace(0.8, 1.15, f.shape[1], dtype=np.float32)[None, :]
+        f = f + rng.normal(0, 4, f.shape).astype(np.float32)
+    found = find_digits(u8(f))
+    assert len(found) == len(idx) and all(d.image is not None for d in found), [(d.box, d.refusal) for d in found]
+    for d, (x0, _, x1, _) in zip(found, boxes):  # each box around its digit, not inside a loop
+        assert x0 <= (d.box[0] + d.box[2]) / 2 <= x1 and d.box[3] - d.box[1] >= 40, (d.box, (x0, x1))
+
+
 @pytest.mark.parametrize("desk", [90.0, 150.0, 230.0])
 def test_find_digits_on_a_photo_of_a_sheet_on_a_desk(digits, desk):
     # At search size the sheet's edge (a band of ink after the local flattening) was as large
