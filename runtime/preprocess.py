@@ -833,6 +833,10 @@ SPECK = 4
 FILL_MARGIN = 0.1
 #: Whole frames are searched at below twice this many pixels a side (block-averaged down first).
 FRAME_WORK = 256
+#: A second look at whole frames, at this share of the level, finds digits too faint for it ...
+FAINT = 0.5
+#: ... that are at least this share of the other digits' height (specks and a stroke's dots are not).
+FAINT_HEIGHT = 0.6
 #: Background tiles of whole frames, pixels a side at search size: about a digit's height (at least
 #: four tiles a side, as a crop has).
 FRAME_TILE = 40
@@ -963,6 +967,9 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
         return np.zeros((0, 4), dtype=np.int64), False, 1.0, None
     shape = mask.shape[1:]
+    noise = float(base_s[0] + NOISE_SIGMAS * sigma_s[0])
+    level = max(float(otsu(np.maximum(sm, 0).reshape(1, -1), top)[0]), noise)  # _segment's
+    rest, hidden = sm[0], np.zeros(shape, dtype=bool)
     ink = mask[0]
     lab, ids, boxes = component_boxes(ink)
     scene = is_scene(boxes, shape)
@@ -972,13 +979,13 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
         hide = dilate_cells(np.isin(lab, ids[scene])[None], 2)[0]
         rest = np.where(hide, base_s[0], sm[0])
         peak = np.array([max(float(rest.max()), 1e-6)], dtype=np.float32)
-        thr = max(float(otsu(np.maximum(rest, 0).reshape(1, -1), peak)[0]),
-                  float(base_s[0] + NOISE_SIGMAS * sigma_s[0]))
-        ink = (rest > thr) & ~hide
+        level = max(float(otsu(np.maximum(rest, 0).reshape(1, -1), peak)[0]), noise)
+        ink = (rest > level) & ~hide
+        hidden = dilate_cells(hide[None], 1)[0]
         lab, ids, boxes = component_boxes(ink)
         # The lower level lets the scene's own fringe through (beyond a table's edge, the light
         # interpolated between paper and table): ink along what was hidden is the scene's.
-        fringe = np.isin(ids, lab[dilate_cells(hide[None], 1)[0] & ink])
+        fringe = np.isin(ids, lab[hidden & ink])
         ids, boxes = ids[~fringe], boxes[~fringe]
     which = digit_pieces(boxes, shape, min_height)
     kept = boxes[which]
@@ -987,7 +994,35 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
         return kept, bool(scene.any()), 1.0, ring
     count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()  # the kept pieces' pixels
     area = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).sum()
-    return kept, bool(scene.any()), float(count / area), ring
+    return np.concatenate([kept, faint_pieces(rest, hidden, level, kept)]), bool(scene.any()), float(count / area), ring
+
+
+def faint_pieces(sm: np.ndarray, hidden: np.ndarray, level: float, kept: np.ndarray) -> np.ndarray:
+    """Boxes of digits too faint for the frame's level beside bold ones (a thin-stroked digit at
+    search size): pieces of ``sm`` ``(H, W)`` above :data:`FAINT` of ``level``, away from what
+    was ``hidden`` (the scene) and from every ``kept`` box, at least :data:`FAINT_HEIGHT` as tall
+    as the kept pieces' median and digit-shaped."""
+    ink = (sm > FAINT * level) & ~hidden
+    # Labelled on 2x2 cells (boxes to a pixel or two are enough here): the passes of the
+    # labelling grow with a component's length, and a table's fringe at this level is long.
+    h, w = ink.shape
+    hh, ww = (h + 1) // 2, (w + 1) // 2
+    cells = np.zeros((2 * hh, 2 * ww), dtype=bool)
+    cells[:h, :w] = ink
+    cells = cells.reshape(hh, 2, ww, 2).any(axis=(1, 3))
+    near = np.zeros((2 * hh, 2 * ww), dtype=bool)
+    near[:h, :w] = dilate_cells(hidden[None], 1)[0]
+    near = near.reshape(hh, 2, ww, 2).any(axis=(1, 3))
+    lab, ids, boxes = component_boxes(cells)
+    if len(boxes) == 0:
+        return boxes
+    boxes = np.minimum(boxes * 2, [w, h, w, h])
+    on_scene = np.isin(ids, lab[near & cells]) | is_scene(boxes, sm.shape)
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    tall = float(np.median(kept[:, 3] - kept[:, 1]))
+    overlap = ((boxes[:, None, 0] < kept[None, :, 2]) & (kept[None, :, 0] < boxes[:, None, 2])
+               & (boxes[:, None, 1] < kept[None, :, 3]) & (kept[None, :, 1] < boxes[:, None, 3])).any(axis=1)
+    return boxes[~on_scene & ~overlap & (bh >= FAINT_HEIGHT * tall) & (bw <= 2 * bh)]
 
 
 def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, margin: float = MARGIN,
@@ -1012,9 +1047,12 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     a quarter of the frame (the paper of a sheet on a desk). A piece
     that covers a quarter of the frame and dwarfs the others (:func:`around`: a sheet's edge,
     which the flattening turns into a band of ink, or a box around a field) is searched again
-    inside, once, at full resolution. Pieces that overlap in x by half the narrower's width are
-    one digit (a broken stroke, an 'i'-like gap); pieces shorter than ``min_height`` of the
-    tallest digit-shaped piece are dropped as specks. Each digit's box, widened by ``margin`` of
+    inside, once, at full resolution. A second look at half the level finds digits too faint
+    for it beside bold ones (:func:`faint_pieces`: a pencil beside a pen, a thin stroke at a
+    photo's search size), which were missed, the reading a digit short. Pieces that overlap in
+    x by half the narrower's width are one digit (a broken stroke, an 'i'-like gap); pieces
+    shorter than ``min_height`` of the tallest digit-shaped piece are dropped as specks. Each
+    digit's box, widened by ``margin`` of
     its height, is cut from the full-resolution frame and run through :func:`preprocess`.
     Device code that knows how many digits a reading holds should check the count: a digit
     merged into the scene is not found.
