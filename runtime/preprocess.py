@@ -837,6 +837,8 @@ FRAME_WORK = 256
 FAINT = 0.5
 #: ... that are at least this share of the other digits' height (specks and a stroke's dots are not).
 FAINT_HEIGHT = 0.6
+#: ... and at least this share of their height away from them.
+FAINT_GAP = 0.5
 #: Background tiles of whole frames, pixels a side at search size: about a digit's height (at least
 #: four tiles a side, as a crop has).
 FRAME_TILE = 40
@@ -1020,9 +1022,15 @@ def faint_pieces(sm: np.ndarray, hidden: np.ndarray, level: float, kept: np.ndar
     on_scene = np.isin(ids, lab[near & cells]) | is_scene(boxes, sm.shape)
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     tall = float(np.median(kept[:, 3] - kept[:, 1]))
-    overlap = ((boxes[:, None, 0] < kept[None, :, 2]) & (kept[None, :, 0] < boxes[:, None, 2])
-               & (boxes[:, None, 1] < kept[None, :, 3]) & (kept[None, :, 1] < boxes[:, None, 3])).any(axis=1)
-    return boxes[~on_scene & ~overlap & (bh >= FAINT_HEIGHT * tall) & (bw <= 2 * bh)]
+    # Within FAINT_GAP of a digit's height beside one (or over it), a faint stroke is that
+    # digit's own (a '1' written twice over), which its crop takes in.
+    reach = int(math.ceil(FAINT_GAP * tall))
+    near = ((boxes[:, None, 0] < kept[None, :, 2] + reach) & (kept[None, :, 0] - reach < boxes[:, None, 2])
+            & (boxes[:, None, 1] < kept[None, :, 3]) & (kept[None, :, 1] < boxes[:, None, 3])).any(axis=1)
+    # Light falling off into a corner reaches half the level there: a faint digit has paper
+    # all around it.
+    inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
+    return boxes[~on_scene & ~near & inside & (bh >= FAINT_HEIGHT * tall) & (bw <= 2 * bh)]
 
 
 def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, margin: float = MARGIN,
