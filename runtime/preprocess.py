@@ -529,29 +529,26 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     refusal); cut off, the crop is paper and a digit again. A band of either polarity, ending in
     a step (:data:`BAND_STEP`), at most :data:`BAND_MOST` of the side; with
     :data:`BAND_MARGIN` more lines for its blurred edge, and never more than half of a side.
-    The paper (:func:`band_levels`) must also run along the border, or, for a band on all four
+    The paper (:func:`band_paper`) must also run along the border, or, for a band on all four
     sides, fill :data:`WINDOW_BLOCKS` blocks: else the "paper" is a bold digit's ink.
     """
     n, h, w = x.shape
-    paper, blocks, (ring_lo, ring_hi), lo, hi = band_levels(x)
+    cuts = np.zeros((n, 4), dtype=np.int64)
+    paper, blocks = band_paper(x)
+    ends = [x[:, [0, -1]], x[:, :, [0, -1]].transpose(0, 2, 1)] if h != w else \
+        [np.stack([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)]
+    # A band takes in the border line itself: only crops where one does are looked at further
+    # (most crops end here). A band stands at least BAND_CONTRAST from the paper, so where no
+    # border line does even that, no crop has a band, and the levels below are not needed.
+    if not _band_ends(ends, paper, np.full(n, BAND_CONTRAST, dtype=paper.dtype)).any():
+        return cuts
+    (ring_lo, ring_hi), lo, hi = band_extremes(x)
     # A band stands at least half as far from the paper as the crop's other extreme (the ink,
     # when the band is on the paper's other side): a shade of light is no band.
     least = np.maximum(BAND_CONTRAST, BAND_SHARE * np.maximum(paper - lo, hi - paper))
     edge = (1.0 - BAND_COVER) / 2
-    cuts = np.zeros((n, 4), dtype=np.int64)
-    # A band takes in the border line itself: only crops where one does are looked at further
-    # (most crops end here). Counts stand in for kth_many's ranks, which they equal: the value
-    # at rank r is under t exactly when more than r values are.
     dark_t, light_t = (paper - least)[:, None, None], (paper + least)[:, None, None]
-    ends = [x[:, [0, -1]], x[:, :, [0, -1]].transpose(0, 2, 1)] if h != w else \
-        [np.stack([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)]
-    dark_ends, light_ends = [], []
-    for lines in ends:
-        length = lines.shape[2]
-        r_lo, r_hi = int(edge * (length - 1)), int((1.0 - edge) * (length - 1))
-        dark_ends.append((lines < dark_t).sum(axis=2) > r_hi)
-        light_ends.append((lines <= light_t).sum(axis=2) <= r_lo)
-    dark_end, light_end = np.concatenate(dark_ends, axis=1), np.concatenate(light_ends, axis=1)
+    dark_end, light_end = _band_ends(ends, paper, least, both=True)
     # Where the digit fills most of the crop (an MNIST frame, a tight crop) the blocks' median is
     # ink: the paper must also run along the crop's border, within its quartiles (a band takes
     # up to half of the border), unless a band runs along all four sides (a meter's window) and
@@ -585,23 +582,44 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     return cuts
 
 
-def band_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray,
-                                        np.ndarray]:
-    """The paper, the 4x4 blocks' medians ``(N, 16)``, the quartiles of the border's pixels, the
-    darkest and the lightest level of each crop of ``(N, H, W)``, from every other pixel: the
-    paper is the median of the blocks' medians (a band fills one side's blocks, the digit a few
-    central ones, so the crop's median can be ink), the extremes the 0.5th and 99.5th
-    percentiles."""
+def _band_ends(ends: list[np.ndarray], paper: np.ndarray, least: np.ndarray, both: bool = False) -> Any:
+    """Which border lines (top, bottom, left, right) of each crop lie, all but :data:`BAND_COVER`
+    of them, ``least`` or more below the ``paper`` (dark) or above it (light): bool ``(N, 4)``,
+    the two or'ed, or with ``both`` the two apart. ``ends`` are the lines as :func:`border_bands`
+    stacks them. Counts stand in for kth_many's ranks, which they equal: the value at rank r is
+    under t exactly when more than r values are."""
+    edge = (1.0 - BAND_COVER) / 2
+    dark_t, light_t = (paper - least)[:, None, None], (paper + least)[:, None, None]
+    dark_ends, light_ends = [], []
+    for lines in ends:
+        length = lines.shape[2]
+        r_lo, r_hi = int(edge * (length - 1)), int((1.0 - edge) * (length - 1))
+        dark_ends.append((lines < dark_t).sum(axis=2) > r_hi)
+        light_ends.append((lines <= light_t).sum(axis=2) <= r_lo)
+    dark_end, light_end = np.concatenate(dark_ends, axis=1), np.concatenate(light_ends, axis=1)
+    return (dark_end, light_end) if both else dark_end | light_end
+
+
+def band_paper(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The paper and the 4x4 blocks' medians ``(N, 16)`` of each crop of ``(N, H, W)``, from every
+    other pixel: the paper is the median of the blocks' medians (a band fills one side's blocks,
+    the digit a few central ones, so the crop's median can be ink)."""
     s = x[:, ::2, ::2]
     n, hs, ws = s.shape
     by, bx = hs // 4, ws // 4
     blocks = s[:, :4 * by, :4 * bx].reshape(n, 4, by, 4, bx).transpose(0, 1, 3, 2, 4).reshape(n * 16, by * bx)
     medians = kth(blocks, 0.5).reshape(n, 16)
-    paper = kth(medians, 0.5)
+    return kth(medians, 0.5), medians
+
+
+def band_extremes(x: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+    """The quartiles of the border's pixels, and the darkest and the lightest level (the 0.5th
+    and 99.5th percentiles, from every other pixel) of each crop of ``(N, H, W)``."""
+    n = x.shape[0]
     ring = kth_many(np.concatenate([x[:, 0, ::2], x[:, -1, ::2], x[:, 1:-1:2, 0], x[:, 1:-1:2, -1]], axis=1),
                     (0.25, 0.75))
-    lo, hi = kth_many(s.reshape(n, -1), (0.005, 0.995))
-    return paper, medians, (ring[0], ring[1]), lo, hi
+    lo, hi = kth_many(x[:, ::2, ::2].reshape(n, -1), (0.005, 0.995))
+    return (ring[0], ring[1]), lo, hi
 
 
 # --------------------------------------------------------------------------- the pipeline
