@@ -872,11 +872,55 @@ class Digit:
     refusal: str | None = None
 
 
+def label_pixels(mask: np.ndarray) -> np.ndarray:
+    """8-connected components of a boolean ``(H, W)``, labelled as :func:`label_cells` labels
+    them (each on pixel the flat index of its component's first pixel, off pixels ``H * W``),
+    from the runs of each row: runs of adjacent rows that touch are joined (min-label hooking
+    with pointer jumping on the runs, a few passes). A frame's mask has a few hundred runs but
+    components hundreds of pixels long (a table's edge), over which :func:`label_cells`' 3x3
+    passes crept a pixel at a time: 4-10x faster on whole frames, the same labels."""
+    h, w = mask.shape
+    size = h * w
+    lab = np.full((h, w), size, dtype=np.int64)
+    edges = np.diff(mask.astype(np.int8), axis=1, prepend=0, append=0)  # +1 at a run's start, -1 past its end
+    row, start = np.nonzero(edges == 1)  # row-major: runs in order, and their ends in the same order
+    end = np.nonzero(edges == -1)[1]
+    k = len(start)
+    if k == 0:
+        return lab
+    # Run b of row r + 1 touches run a of row r when b.start <= a.end and b.end >= a.start (ends
+    # exclusive, diagonal contact included). Keys put the rows apart, so one sorted search finds,
+    # for each run, the contiguous range of touching runs in the next row.
+    stride = w + 2
+    lo = np.searchsorted(row * stride + end, (row + 1) * stride + start, side="left")
+    hi = np.searchsorted(row * stride + start, (row + 1) * stride + end, side="right")
+    count = np.maximum(hi - lo, 0)
+    u = np.repeat(np.arange(k), count)
+    v = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count) + np.repeat(lo, count)
+    comp = np.arange(k)
+    while True:
+        least = np.minimum(comp[u], comp[v])
+        new = comp.copy()
+        np.minimum.at(new, u, least)
+        np.minimum.at(new, v, least)
+        while True:  # pointer jumping: every run takes its root's label
+            jumped = new[new]
+            if np.array_equal(jumped, new):
+                break
+            new = jumped
+        if np.array_equal(new, comp):
+            break
+        comp = new
+    first = np.full(k, size, dtype=np.int64)
+    np.minimum.at(first, comp, row * w + start)
+    lab[mask] = np.repeat(first[comp], end - start)  # the on pixels in row-major order are the runs'
+    return lab
+
+
 def component_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """8-connected components of a boolean ``(H, W)``: the label image (as
-    :func:`label_cells`), the labels in use ``(K,)`` and their boxes ``(K, 4)`` (x0, y0, x1, y1;
-    x1, y1 exclusive)."""
-    lab = label_cells(mask[None])[0]
+    """8-connected components of a boolean ``(H, W)``: the label image (:func:`label_pixels`),
+    the labels in use ``(K,)`` and their boxes ``(K, 4)`` (x0, y0, x1, y1; x1, y1 exclusive)."""
+    lab = label_pixels(mask)
     ys, xs = np.nonzero(lab < mask.size)
     if len(ys) == 0:
         return lab, np.zeros(0, dtype=lab.dtype), np.zeros((0, 4), dtype=np.int64)
@@ -1023,21 +1067,11 @@ def faint_pieces(sm: np.ndarray, hidden: np.ndarray, level: float, kept: np.ndar
     was ``hidden`` (the scene) and from every ``kept`` box, at least :data:`FAINT_HEIGHT` as tall
     as the kept pieces' median and digit-shaped."""
     ink = (sm > FAINT * level) & ~hidden
-    # Labelled on 2x2 cells (boxes to a pixel or two are enough here): the passes of the
-    # labelling grow with a component's length, and a table's fringe at this level is long.
-    h, w = ink.shape
-    hh, ww = (h + 1) // 2, (w + 1) // 2
-    cells = np.zeros((2 * hh, 2 * ww), dtype=bool)
-    cells[:h, :w] = ink
-    cells = cells.reshape(hh, 2, ww, 2).any(axis=(1, 3))
-    near = np.zeros((2 * hh, 2 * ww), dtype=bool)
-    near[:h, :w] = dilate_cells(hidden[None], 1)[0]
-    near = near.reshape(hh, 2, ww, 2).any(axis=(1, 3))
-    lab, ids, boxes = component_boxes(cells)
+    lab, ids, boxes = component_boxes(ink)
     if len(boxes) == 0:
         return boxes
-    boxes = np.minimum(boxes * 2, [w, h, w, h])
-    on_scene = np.isin(ids, lab[near & cells]) | is_scene(boxes, sm.shape)
+    h, w = ink.shape
+    on_scene = np.isin(ids, lab[dilate_cells(hidden[None], 1)[0] & ink]) | is_scene(boxes, sm.shape)
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     tall = float(np.median(kept[:, 3] - kept[:, 1]))
     # Within FAINT_GAP of a digit's height beside one (or over it), a faint stroke is that
@@ -1078,8 +1112,8 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     photo's search size), which were missed, the reading a digit short. Pieces that overlap in
     x by half the narrower's width are one digit (a broken stroke, an 'i'-like gap); pieces
     shorter than ``min_height`` of the tallest digit-shaped piece are dropped as specks. Each
-    digit's box, widened by ``margin`` of
-    its height, is cut from the full-resolution frame and run through :func:`preprocess`.
+    digit's box, widened by ``margin`` of its height, is cut from the full-resolution frame and
+    run through :func:`preprocess`.
     Device code that knows how many digits a reading holds should check the count: a digit
     merged into the scene is not found.
 
@@ -1100,9 +1134,8 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
     boxes, scene, fill, ring = _frame_pieces(work, dark, min_height)
     if scene or len(boxes) == 0:
         # A dark table or bezel over a quarter of the frame can turn the polarity test: the
-        # paper beside it is then the "ink" (and the scene), the digits' holes the pieces.
-        # Strokes leave most of a digit's box paper, paper taken for ink fills it: read the
-        # other polarity too, and keep it when its pieces are clearly the sparser.
+        # paper beside it is then the "ink" (and the scene), the digits' holes the pieces:
+        # read the other polarity too.
         other, _, fill_other, ring_other = _frame_pieces(work, ~dark, min_height)
         # Not to pieces a quarter of the frame large, though: that is the paper (a sheet on a
         # desk) taken for ink.
@@ -1114,6 +1147,8 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
         # A hole's surroundings can be mostly its digit's ink, which votes with it; but a hole
         # lies inside a piece of the other polarity, and a digit never inside one of its holes.
         holes, holes_other = inside_count(boxes, other), inside_count(other, boxes)
+        # Strokes leave most of a digit's box paper, paper taken for ink fills it: the fill
+        # settles what the votes and the holes leave open.
         sparser = agree_other > agree or (agree_other == agree and (
             (holes > 0 and holes_other == 0) or (holes == holes_other == 0 and fill_other < fill - FILL_MARGIN)))
         if len(other) and (len(boxes) == 0 or (sparser and not paper)):

@@ -405,6 +405,23 @@ def test_find_digits_beside_a_table_over_a_quarter_of_the_frame(digits, seed):
     assert whole >= 19 and hits >= 0.95 * total and beyond == 0, (whole, hits, total, beyond)
 
 
+def test_label_pixels_labels_as_label_cells_does():
+    # The frame search's run-based labelling must give the crops' labels exactly: each on pixel
+    # its component's first flat index, off pixels H * W.
+    from runtime.preprocess import label_cells, label_pixels
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 50, 2))
+        mask = rng.random((h, w)) < rng.uniform(0.05, 0.8)
+        assert np.array_equal(label_pixels(mask), label_cells(mask[None])[0]), (h, w)
+    snake = np.zeros((21, 40), dtype=bool)  # one component of 20 rows joined at alternate ends
+    snake[::2] = True
+    snake[1::4, -1] = snake[3::4, 0] = True
+    lab = label_pixels(snake)
+    assert (lab[snake] == 0).all() and (lab[~snake] == snake.size).all()
+    assert (label_pixels(np.zeros((3, 4), dtype=bool)) == 12).all()
+
+
 @pytest.mark.parametrize("share", [0.25, 0.35])
 def test_find_digits_finds_a_faint_digit_beside_bold_ones(digits, share):
     # A digit written with a quarter or a third of its neighbours' ink (a pencil beside a pen, a
