@@ -10,7 +10,8 @@ then the scene is painted in. A device acts on a reading only when every digit f
 accepted, so a frame counts as read right (the digits, left to right), read wrong (every digit
 accepted, the string wrong: a missed or phantom digit, or a misread one) or refused. The
 last rows are phone photos (4000x3000) of a sheet of paper on a desk, the digits 224 pixels
-tall.
+tall. Then frames that hold no digit (``lenet-tool field``'s non-digit crops written where the
+digits would be): a reading acted on there is always wrong.
 """
 
 from __future__ import annotations
@@ -145,6 +146,31 @@ def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
     return out
 
 
+def run_no_digits(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
+    """Frames that hold no digit, in the plain scene: one to five crops of each non-digit kind of
+    ``lenet-tool field`` (paper, texture, clutter, letters, clothing) written where the digits
+    would be. Per kind: frames where something was found, and readings acted on (every piece
+    found accepted), which a device should never do here."""
+    from toolchain.fieldbench import NON_DIGIT_KINDS, non_digit_frames
+    clf = Classifier(artifact / "model.onnx")
+    out = {}
+    for i, kind in enumerate(NON_DIGIT_KINDS):
+        rng = np.random.default_rng(seed)
+        bank = non_digit_frames(kind, 600, np.random.default_rng(seed + 100 + i))
+        res = {"found": 0, "acted": 0, "frames": frames}
+        for _ in range(frames):
+            f, _ = compose(bank[rng.choice(len(bank), int(rng.integers(1, 6)), replace=False)], rng)
+            f = f * np.linspace(0.8, 1.15, f.shape[1], dtype=np.float32)[None, :]
+            f = f + rng.normal(0, 4, f.shape).astype(np.float32)
+            found = find_digits(np.clip(np.rint(f), 0, 255).astype(np.uint8))
+            ok = [d for d in found if d.image is not None]
+            res["found"] += bool(found)
+            res["acted"] += bool(found) and len(ok) == len(found) and bool(
+                clf.predict(np.stack([d.image for d in ok])).accepted.all())
+        out[kind] = res
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("artifact", nargs="?", default=str(ROOT / "artifacts" / "lenet"))
@@ -156,6 +182,11 @@ def main() -> None:
           f"({min(args.frames, PHOTO_FRAMES)} photos), seed {args.seed}")
     for name, r in res.items():
         print(f"{name:<30} {r['right']:>11} {r['wrong']:>11} {r['refused']:>8}")
+    nd = run_no_digits(Path(args.artifact), args.frames, args.seed)
+    print(f"\n{'frames holding no digit':<30} {'found any':>11} {'acted on':>11}   of {args.frames} frames, "
+          "1-5 non-digit crops each")
+    for kind, r in nd.items():
+        print(f"{'no digit: ' + kind:<30} {r['found']:>11} {r['acted']:>11}")
 
 
 if __name__ == "__main__":

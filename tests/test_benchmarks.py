@@ -71,3 +71,13 @@ def test_batch_chunks_times_both_forms_and_restores_the_budgets():
                                                       ("harsh", "render"), ("harsh", "preprocess")]
     assert all(r["same_output"] and r["whole_s"] > 0 and r["chunked_s"] > 0 for r in rows)
     assert (batch_chunks.P.CHUNK_PIXELS, field.RENDER_PIXELS) == budgets
+
+
+def test_frame_scenes_counts_readings_acted_on_in_frames_without_digits(onnx_artifact):
+    import frame_scenes
+
+    from toolchain.fieldbench import NON_DIGIT_KINDS
+    res = frame_scenes.run_no_digits(onnx_artifact, frames=3, seed=0)
+    assert list(res) == list(NON_DIGIT_KINDS)
+    assert all(0 <= r["acted"] <= r["found"] <= r["frames"] == 3 for r in res.values())
+    assert sum(r["found"] for r in res.values()) > 0  # texture and clutter always leave pieces to read
