@@ -540,7 +540,7 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     # A band takes in the border line itself: only crops where one does are looked at further
     # (most crops end here). A band stands at least BAND_CONTRAST from the paper, so where no
     # border line does even that, no crop has a band, and the levels below are not needed.
-    if not _band_ends(ends, paper, np.full(n, BAND_CONTRAST, dtype=paper.dtype)).any():
+    if not np.any(_band_ends(ends, paper, np.full(n, BAND_CONTRAST, dtype=paper.dtype))):
         return cuts
     (ring_lo, ring_hi), lo, hi = band_extremes(x)
     # A band stands at least half as far from the paper as the crop's other extreme (the ink,
@@ -582,7 +582,8 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     return cuts
 
 
-def _band_ends(ends: list[np.ndarray], paper: np.ndarray, least: np.ndarray, both: bool = False) -> Any:
+def _band_ends(ends: list[np.ndarray], paper: np.ndarray, least: np.ndarray,
+               both: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Which border lines (top, bottom, left, right) of each crop lie, all but :data:`BAND_COVER`
     of them, ``least`` or more below the ``paper`` (dark) or above it (light): bool ``(N, 4)``,
     the two or'ed, or with ``both`` the two apart. ``ends`` are the lines as :func:`border_bands`
@@ -1023,10 +1024,11 @@ def polarity_votes(work: np.ndarray, boxes: np.ndarray, dark: np.ndarray, margin
 
 def _frame_pieces(work: np.ndarray, dark: np.ndarray,
                   min_height: float) -> tuple[np.ndarray, bool, float, np.ndarray | None]:
-    """The digit pieces' boxes (:func:`digit_pieces`) of a frame ``(1, H, W)`` at search size, its ink
-    of polarity ``dark``; whether scene was left out; how much of the pieces' boxes their ink
-    fills (strokes leave most of a digit's box paper, paper taken for ink fills it); and the
-    box of a piece drawn around others (:func:`around`), or None."""
+    """The digit pieces' boxes (:func:`digit_pieces`, then :func:`faint_pieces`') of a frame
+    ``(1, H, W)`` at search size, its ink of polarity ``dark``; whether scene was left out; how
+    much of the (first) pieces' boxes their ink fills (strokes leave most of a digit's box paper,
+    paper taken for ink fills it); and the box of a piece drawn around others (:func:`around`),
+    or None."""
     _, sm, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE, dark)
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
         return np.zeros((0, 4), dtype=np.int64), False, 1.0, None
@@ -1058,7 +1060,8 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
         return kept, bool(scene.any()), 1.0, ring
     count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()  # the kept pieces' pixels
     area = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).sum()
-    return np.concatenate([kept, faint_pieces(rest, hidden, level, kept)]), bool(scene.any()), float(count / area), ring
+    faint = faint_pieces(rest, hidden, level, kept)
+    return np.concatenate([kept, faint]), bool(scene.any()), float(count / area), ring
 
 
 def faint_pieces(sm: np.ndarray, hidden: np.ndarray, level: float, kept: np.ndarray) -> np.ndarray:
@@ -1104,10 +1107,10 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     kept polarity's pieces lie inside the other's and none the other way (holes in digits); and
     failing that, when its pieces fill :data:`FILL_MARGIN` less of their boxes (strokes leave a
     digit's box mostly paper, paper taken for ink fills it); never when one of its pieces covers
-    a quarter of the frame (the paper of a sheet on a desk). A piece
-    that covers a quarter of the frame and dwarfs the others (:func:`around`: a sheet's edge,
-    which the flattening turns into a band of ink, or a box around a field) is searched again
-    inside, once, at full resolution. A second look at half the level finds digits too faint
+    a quarter of the frame (the paper of a sheet on a desk). A piece that covers a quarter of
+    the frame and dwarfs the others (:func:`around`: a sheet's edge, which the flattening turns
+    into a band of ink, or a box around a field) is searched again inside, once, at full
+    resolution. A second look at half the level finds digits too faint
     for it beside bold ones (:func:`faint_pieces`: a pencil beside a pen, a thin stroke at a
     photo's search size), which were missed, the reading a digit short. Pieces that overlap in
     x by half the narrower's width are one digit (a broken stroke, an 'i'-like gap); pieces
@@ -1149,9 +1152,9 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
         holes, holes_other = inside_count(boxes, other), inside_count(other, boxes)
         # Strokes leave most of a digit's box paper, paper taken for ink fills it: the fill
         # settles what the votes and the holes leave open.
-        sparser = agree_other > agree or (agree_other == agree and (
+        switch = agree_other > agree or (agree_other == agree and (
             (holes > 0 and holes_other == 0) or (holes == holes_other == 0 and fill_other < fill - FILL_MARGIN)))
-        if len(other) and (len(boxes) == 0 or (sparser and not paper)):
+        if len(other) and (len(boxes) == 0 or (switch and not paper)):
             boxes, ring = other, ring_other
     if ring is not None and not inside:
         # The edge of a sheet on a desk (or a box around a field) sets the digits' height and
