@@ -414,7 +414,7 @@ def test_label_pixels_labels_as_label_cells_does():
         h, w = (int(v) for v in rng.integers(1, 50, 2))
         mask = rng.random((h, w)) < rng.uniform(0.05, 0.8)
         assert np.array_equal(label_pixels(mask), label_cells(mask[None])[0]), (h, w)
-    snake = np.zeros((21, 40), dtype=bool)  # one component of 20 rows joined at alternate ends
+    snake = np.zeros((21, 40), dtype=bool)  # one component: 11 rows joined at alternate ends
     snake[::2] = True
     snake[1::4, -1] = snake[3::4, 0] = True
     lab = label_pixels(snake)
