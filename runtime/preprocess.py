@@ -967,9 +967,14 @@ def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 
     idx = idx[((bw <= 4 * bh) | (bw <= 1.5 * tall)) & (bh >= min_height * tall)]
     b = boxes[idx]
     # A box holding another box (not merely touching it) is drawn around it.
-    inner = ((b[:, None, 0] < b[None, :, 0]) & (b[:, None, 1] < b[None, :, 1])
-             & (b[:, None, 2] > b[None, :, 2]) & (b[:, None, 3] > b[None, :, 3]))
-    return idx[~inner.any(axis=1)]
+    return idx[~holds(b, b).any(axis=1)]
+
+
+def holds(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """bool ``(M, K)``: box ``outer[i]`` holds box ``inner[j]`` strictly inside it, not merely
+    touching its edges (boxes ``(M, 4)`` and ``(K, 4)``: x0, y0, x1, y1)."""
+    o, b = outer[:, None], inner[None]
+    return (o[..., 0] < b[..., 0]) & (o[..., 1] < b[..., 1]) & (o[..., 2] > b[..., 2]) & (o[..., 3] > b[..., 3])
 
 
 def around(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
@@ -997,12 +1002,8 @@ def around(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
 
 
 def inside_count(boxes: np.ndarray, others: np.ndarray) -> int:
-    """How many of ``boxes`` ``(K, 4)`` lie strictly inside one of ``others`` ``(M, 4)`` (x0, y0, x1, y1)."""
-    if len(boxes) == 0 or len(others) == 0:
-        return 0
-    b, o = boxes[:, None], others[None]
-    inner = (b[..., 0] > o[..., 0]) & (b[..., 1] > o[..., 1]) & (b[..., 2] < o[..., 2]) & (b[..., 3] < o[..., 3])
-    return int(inner.any(axis=1).sum())
+    """How many of ``boxes`` ``(K, 4)`` lie strictly inside one of ``others`` ``(M, 4)`` (:func:`holds`)."""
+    return int(holds(others, boxes).any(axis=0).sum())
 
 
 def polarity_votes(work: np.ndarray, boxes: np.ndarray, dark: np.ndarray, margin: float = 0.5) -> float:
