@@ -113,6 +113,20 @@ PHOTOS: dict[str, float] = {"photo: sheet on a dark desk": 90.0, "photo: sheet o
 PHOTO_FRAMES = 20
 
 
+def read(clf: Classifier, frame: np.ndarray, rng: np.random.Generator) -> tuple[list, np.ndarray | None]:
+    """Shoot ``frame`` (light falling off across it, sensor noise) and read it as a device does:
+    the digits found, and their labels when every one was preprocessed and accepted (a reading
+    acted on), else None."""
+    f = frame * np.linspace(0.8, 1.15, frame.shape[1], dtype=np.float32)[None, :]
+    f = f + rng.normal(0, 4, f.shape).astype(np.float32)
+    found = find_digits(np.clip(np.rint(f), 0, 255).astype(np.uint8))
+    ok = [d for d in found if d.image is not None]
+    if not found or len(ok) < len(found):
+        return found, None
+    p = clf.predict(np.stack([d.image for d in ok]))
+    return found, p.labels if p.accepted.all() else None
+
+
 def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
     """Per scene: frames read right, read wrong, refused."""
     clf = Classifier(artifact / "model.onnx")
@@ -131,14 +145,10 @@ def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
                     f = paint(f)
             else:
                 f = photo(test.images[idx], rng, PHOTOS[name])
-            f = f * np.linspace(0.8, 1.15, f.shape[1], dtype=np.float32)[None, :]
-            f = f + rng.normal(0, 4, f.shape).astype(np.float32)
-            found = find_digits(np.clip(np.rint(f), 0, 255).astype(np.uint8))
-            ok = [d for d in found if d.image is not None]
-            p = clf.predict(np.stack([d.image for d in ok])) if ok else None
-            if not found or len(ok) < len(found) or not p.accepted.all():
+            _, labels = read(clf, f, rng)
+            if labels is None:
                 res["refused"] += 1
-            elif "".join(map(str, p.labels)) == "".join(map(str, test.labels[idx])):
+            elif "".join(map(str, labels)) == "".join(map(str, test.labels[idx])):
                 res["right"] += 1
             else:
                 res["wrong"] += 1
@@ -160,13 +170,9 @@ def run_no_digits(artifact: Path, frames: int, seed: int) -> dict[str, dict[str,
         res = {"found": 0, "acted": 0, "frames": frames}
         for _ in range(frames):
             f, _ = compose(bank[rng.choice(len(bank), int(rng.integers(1, 6)), replace=False)], rng)
-            f = f * np.linspace(0.8, 1.15, f.shape[1], dtype=np.float32)[None, :]
-            f = f + rng.normal(0, 4, f.shape).astype(np.float32)
-            found = find_digits(np.clip(np.rint(f), 0, 255).astype(np.uint8))
-            ok = [d for d in found if d.image is not None]
+            found, labels = read(clf, f, rng)
             res["found"] += bool(found)
-            res["acted"] += bool(found) and len(ok) == len(found) and bool(
-                clf.predict(np.stack([d.image for d in ok])).accepted.all())
+            res["acted"] += labels is not None
         out[kind] = res
     return out
 
