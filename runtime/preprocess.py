@@ -748,17 +748,17 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
     total = v.sum(axis=(1, 2))
     extent = np.maximum(hy, wx)
     ok_mass = (total > 0) & (extent >= MIN_EXTENT)
-    safe_total = np.where(total > 0, total, 1.0)
+    safe_total = np.where(total > 0, total, np.float32(1.0))
     cy = (v.sum(axis=2) @ (np.arange(h) + 0.5)) / safe_total
     cx = (v.sum(axis=1) @ (np.arange(w) + 0.5)) / safe_total
-    scale = BOX / np.where(extent > 0, extent, 1.0).astype(np.float64)
+    scale = BOX / np.where(extent > 0, extent, np.float32(1.0)).astype(np.float64)
     if h == w:  # one call for both axes: the weights are built row by row, so they are the same
         ry, rx = np.split(resample_weights(np.concatenate([cy, cx]), np.concatenate([scale, scale]), h), 2)
     else:
         ry, rx = resample_weights(cy, scale, h), resample_weights(cx, scale, w)
     out = np.clip(ry @ v @ rx.transpose(0, 2, 1), 0.0, 1.0)
     peak = out.reshape(n, -1).max(axis=1)
-    out = out / np.where(peak > 0, peak, 1.0)[:, None, None]
+    out = out / np.where(peak > 0, peak, np.float32(1.0))[:, None, None]
 
     code = np.zeros(n, dtype=np.int64)
     code[solid_tiles(paper, level)] = 4
@@ -1034,7 +1034,7 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
         return np.zeros((0, 4), dtype=np.int64), False, 1.0, None
     shape = mask.shape[1:]
-    noise = float(base_s[0] + NOISE_SIGMAS * sigma_s[0])
+    noise = float(base_s[0]) + NOISE_SIGMAS * float(sigma_s[0])  # in float64, under numpy 1's rules and 2's
     level = max(float(otsu(np.maximum(sm, 0).reshape(1, -1), top)[0]), noise)  # _segment's
     rest, hidden = sm[0], np.zeros(shape, dtype=bool)
     ink = mask[0]
