@@ -179,3 +179,72 @@ print('ok')
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
+
+
+RUNTIME_PYTHON = ROOT / ".venv-runtime" / "bin" / "python"
+# Run by .venv-runtime's python: the crops of an .npz through preprocess_batch, the model and
+# find_digits, with the runtime alone (no torch there), into another .npz.
+DEVICE_SIDE = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import runtime
+clf = runtime.Classifier(sys.argv[2], providers=["CPUExecutionProvider"])
+crops, out = np.load(sys.argv[3]), {}
+for k in crops.files:
+    if k == "frame":
+        digits = runtime.find_digits(crops[k])
+        out["frame/boxes"] = np.array([d.box for d in digits], dtype=np.int64).reshape(-1, 4)
+        out["frame/images"] = np.stack([d.image for d in digits]) if digits else np.zeros((0, 28, 28), np.uint8)
+        continue
+    fr = runtime.preprocess_batch(crops[k])
+    p = clf.predict(fr.images)
+    out[k + "/images"], out[k + "/labels"], out[k + "/accepted"] = fr.images, p.labels, p.accepted
+    out[k + "/refused"] = np.array([r or "" for r in fr.refusals])
+np.savez(sys.argv[4], **out)
+print(json.dumps({"numpy": np.__version__, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.skipif(not RUNTIME_PYTHON.exists(),
+                    reason="no .venv-runtime: scripts/setup.sh makes it from runtime/requirements.txt")
+def test_the_runtime_installed_alone_decides_as_here(art, mnist_test, tmp_path):
+    # A device installs runtime/requirements.txt alone: pip's newest numpy (2.x), where this venv
+    # keeps 1.26 for PyTriton. Its frames may differ by a grey level or so (numpy's own matrix
+    # products round differently), but what the device does must not: the same refusals, labels
+    # and acceptances, and find_digits the same boxes.
+    from benchmarks.frame_scenes import compose
+    from toolchain import field, fieldbench
+    digits = mnist_test.images[:300]
+    rng = np.random.default_rng(5)
+    crops = {"mild": fieldbench.render_crops(digits, field.MILD, 77),
+             "harsh": fieldbench.render_crops(digits, field.HARSH, 78),
+             "rgb": fieldbench.render_crops(digits[:100], field.LEVELS["rgb"], 79),
+             "clutter": fieldbench.render_crops(fieldbench.non_digit_frames("clutter", 100, rng), field.MILD, 80)}
+    frame, _ = compose(mnist_test.images[300:305], rng)
+    crops["frame"] = np.clip(frame + rng.normal(0, 3, frame.shape), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "crops.npz", **crops)
+    script = tmp_path / "device_side.py"
+    script.write_text(DEVICE_SIDE)
+    args = [str(ROOT), str(art / "model.onnx"), str(tmp_path / "crops.npz")]
+    r = subprocess.run([str(RUNTIME_PYTHON), str(script), *args, str(tmp_path / "device.npz")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    versions = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not versions["torch"]
+    r = subprocess.run([sys.executable, str(script), *args, str(tmp_path / "here.npz")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    device, here = np.load(tmp_path / "device.npz"), np.load(tmp_path / "here.npz")
+    assert sorted(device.files) == sorted(here.files)
+    for k in here.files:
+        if k.endswith("/images"):
+            a, b = device[k].astype(int), here[k].astype(int)
+            assert a.shape == b.shape, k
+            # A threshold's pixel on the other side moves a frame by a few levels (at most 5 of 255
+            # over 37,500 crops, numpy 2.4.6 against 1.26.4).
+            worst = int(np.abs(a - b).max(initial=0))
+            assert worst <= 16, f"{k}: frames {worst} grey levels apart under numpy {versions['numpy']}"
+        else:
+            differ = np.flatnonzero(device[k] != here[k]) if device[k].shape == here[k].shape else "shape"
+            assert len(differ) == 0, f"{k}: numpy {versions['numpy']} differs from {np.__version__} at {differ}"
