@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -35,6 +36,7 @@ def test_bench_reports_baselines(art):
     pre = one["preprocess_us"]
     assert pre["crop_480_p50_us"] > 0 and pre["crop_64_p50_us"] > 0 and pre["batch_64_per_crop_us"] > 0
     assert "runtime.preprocess p50: 64x64 crop" in b_text(art)
+    assert pre["numpy"] == np.__version__ and f"numpy {np.__version__})" in b_text(art)
     thr, lu, q = one["throughput_img_s"], one["latency_us"], one["ratios"]
     assert set(thr) == {"1", "32", "256", "1024"}
     assert all(v > 0 for runners in thr.values() for v in runners.values())

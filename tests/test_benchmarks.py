@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu_summary
@@ -81,3 +83,14 @@ def test_frame_scenes_counts_readings_acted_on_in_frames_without_digits(onnx_art
     assert list(res) == list(NON_DIGIT_KINDS)
     assert all(0 <= r["acted"] <= r["found"] <= r["frames"] == 3 for r in res.values())
     assert sum(r["found"] for r in res.values()) > 0  # texture and clutter always leave pieces to read
+
+
+def test_preprocess_numpy_times_each_environment_in_turn(capsys):
+    import preprocess_numpy
+    rows = preprocess_numpy.run([sys.executable, sys.executable], rounds=2, crops=2)
+    assert [r["numpy"] for r in rows] == [np.__version__] * 2
+    assert all(r["small_us"] > 0 and r["big_us"] > 0 for r in rows)
+    assert rows[0]["small_ratio"] == rows[0]["big_ratio"] == 1.0  # the first is the baseline
+    preprocess_numpy.main(["--python", sys.executable, "--rounds", "1", "--crops", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["python", "numpy", "64x64", "us"] and np.__version__ in out[1]

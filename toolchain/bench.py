@@ -101,14 +101,15 @@ def field_crops(images: np.ndarray, n: int = 64) -> tuple[np.ndarray, np.ndarray
     return small, big
 
 
-def preprocess_timings(small: np.ndarray, big: np.ndarray, iters: int) -> dict[str, float]:
+def preprocess_timings(small: np.ndarray, big: np.ndarray, iters: int) -> dict[str, float | str]:
     """p50 microseconds of runtime.preprocess on one 64x64 crop and one 480x480 crop, and per
-    crop of preprocess_batch on the 64x64 ones."""
+    crop of preprocess_batch on the 64x64 ones; and the numpy they ran on (its version moves them:
+    benchmarks/preprocess_numpy.py)."""
     from runtime.preprocess import preprocess, preprocess_batch
     one = _latencies(preprocess, small[0], iters)
     large = _latencies(preprocess, big, max(20, iters // 20))
     batch = _latencies(preprocess_batch, small, max(20, iters // 50))
-    return {"crop_64_p50_us": float(np.percentile(one, 50) * 1e6),
+    return {"numpy": np.__version__, "crop_64_p50_us": float(np.percentile(one, 50) * 1e6),
             "crop_480_p50_us": float(np.percentile(large, 50) * 1e6),
             "batch_64_per_crop_us": float(np.percentile(batch, 50) * 1e6 / len(small))}
 
@@ -234,7 +235,7 @@ def format_bench(results: list[dict[str, Any]], import_s: float | None, soak_res
     if pre:
         lines.append(f"runtime.preprocess p50: 64x64 crop {pre['crop_64_p50_us']:.0f} us, 480x480 crop "
                      f"{pre['crop_480_p50_us']:.0f} us, batch of 64 crops {pre['batch_64_per_crop_us']:.0f} us a crop "
-                     "(targets 50 us / 1000 us, reported, not enforced)")
+                     f"(targets 50 us / 1000 us, reported, not enforced; numpy {pre.get('numpy', '?')})")
     if soak_res is not None:
         lines.append(f"soak: {soak_res['predictions']:,} predictions in {soak_res['seconds']:.1f} s, resident memory "
                      f"{soak_res['rss_before_mb']:.1f} -> {soak_res['rss_after_mb']:.1f} MB "
