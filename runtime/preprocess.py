@@ -439,10 +439,12 @@ def box3(x: np.ndarray) -> np.ndarray:
 
 
 def otsu(x: np.ndarray, top: np.ndarray, bins: int = OTSU_BINS) -> np.ndarray:
-    """Otsu's threshold of each row of ``(N, n)`` on ``bins`` bins over [0, top]."""
+    """Otsu's threshold of each row of ``(N, n)``, values in [0, top], on ``bins`` bins."""
     n = x.shape[0]
-    idx = np.clip((x / top[:, None] * bins).astype(np.int64), 0, bins - 1)
-    hist = np.bincount((idx + np.arange(n)[:, None] * bins).ravel(), minlength=n * bins).reshape(n, bins)
+    idx = np.minimum((x / top[:, None] * bins).astype(np.int64), bins - 1)  # x >= 0: no clip below
+    if n > 1:
+        idx += np.arange(n)[:, None] * bins
+    hist = np.bincount(idx.ravel(), minlength=n * bins).reshape(n, bins)
     p = hist.astype(np.float64) / x.shape[1]
     centers = (np.arange(bins) + 0.5) / bins
     omega = np.cumsum(p, axis=1)
@@ -482,6 +484,24 @@ def label_cells(on: np.ndarray) -> np.ndarray:
         if np.array_equal(new, lab):
             return lab
         lab = new
+
+
+def cell_sums(x: np.ndarray, c: int) -> np.ndarray:
+    """Sums of the ``c x c`` cells of float ``(N, c * gh, c * gw)``, numpy's ``sum(axis=(2, 4))``
+    to the bit at under half its cost (a reduction over two short strided axes is slow): numpy
+    adds fewer than 8 values in order, so for cells under 8 pixels a side (a crop's, whose working
+    size is under 128) a cell's rows' pixels are added in order, then its rows; larger cells (a
+    long strip's) are numpy's own."""
+    r = x.reshape(x.shape[0], x.shape[1] // c, c, x.shape[2] // c, c)
+    if c >= 8:
+        return r.sum(axis=(2, 4))
+    rows = r[..., 0].copy()
+    for i in range(1, c):
+        rows += r[..., i]
+    out = rows[:, :, 0].copy()
+    for i in range(1, c):
+        out += rows[:, :, i]
+    return out
 
 
 def dilate_cells(on: np.ndarray, steps: int = 1) -> np.ndarray:
@@ -535,8 +555,12 @@ def border_bands(x: np.ndarray) -> np.ndarray:
     n, h, w = x.shape
     cuts = np.zeros((n, 4), dtype=np.int64)
     paper, blocks = band_paper(x)
-    ends = [x[:, [0, -1]], x[:, :, [0, -1]].transpose(0, 2, 1)] if h != w else \
-        [np.stack([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)]
+    if h != w:
+        ends = [x[:, [0, -1]], x[:, :, [0, -1]].transpose(0, 2, 1)]
+    else:  # one array of the four lines (np.stack's own cost was most of this)
+        four = np.empty((n, 4, w), dtype=x.dtype)
+        four[:, 0], four[:, 1], four[:, 2], four[:, 3] = x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]
+        ends = [four]
     # A band takes in the border line itself: only crops where one does are looked at further
     # (most crops end here). A band stands at least BAND_CONTRAST from the paper, so where no
     # border line does even that, no crop has a band, and the levels below are not needed.
@@ -637,11 +661,20 @@ def _segment(x: np.ndarray, tile: int | None = None, dark: np.ndarray | None = N
     # A frame gets tiles of about ``tile`` pixels, but never fewer than a crop's four a side: a
     # small frame in one or two tiles takes light falling off across it for ink.
     most = 4 if tile is None else max(4, max(h, w) // tile)
-    t_lo, t_hi = tile_values(x, most, (TILE_PERCENTILE / 100, 1 - TILE_PERCENTILE / 100))
-    bg_lo, bg_hi = interpolate_tiles(t_lo, h, w), interpolate_tiles(t_hi, h, w)
-    flat = np.where(dark[:, None, None], bg_hi - x, x - bg_lo)
-    # Each tile's paper with the ink as the positive direction (1 - x under dark ink).
-    paper = np.where(dark[:, None, None], 1.0 - t_hi, t_lo)
+    q_lo, q_hi = TILE_PERCENTILE / 100, 1 - TILE_PERCENTILE / 100
+    # Each tile's paper with the ink as the positive direction (1 - x under dark ink). Crops of
+    # one polarity (a single crop always) need only its percentile: the same values, less work.
+    if dark.all():
+        (t_hi,) = tile_values(x, most, (q_hi,))
+        flat, paper = interpolate_tiles(t_hi, h, w) - x, 1.0 - t_hi
+    elif not dark.any():
+        (t_lo,) = tile_values(x, most, (q_lo,))
+        flat, paper = x - interpolate_tiles(t_lo, h, w), t_lo
+    else:
+        t_lo, t_hi = tile_values(x, most, (q_lo, q_hi))
+        bg_lo, bg_hi = interpolate_tiles(t_lo, h, w), interpolate_tiles(t_hi, h, w)
+        flat = np.where(dark[:, None, None], bg_hi - x, x - bg_lo)
+        paper = np.where(dark[:, None, None], 1.0 - t_hi, t_lo)
     f = flat[:, ::2, ::2].reshape(n, -1)
     base = kth(f, 0.5)
     sigma = kth(np.abs(f - base[:, None]), 0.5) * np.float32(1.4826)
@@ -692,7 +725,7 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
     gh, gw = math.ceil(h / c), math.ceil(w / c)
     ink = np.zeros((n, gh * c, gw * c), dtype=np.float32)
     ink[:, :h, :w] = np.where(mask, np.maximum(flat, 0), np.float32(0))
-    cell_mass = ink.reshape(n, gh, c, gw, c).sum(axis=(2, 4))
+    cell_mass = cell_sums(ink, c)
     on = cell_mass > 0
     lab = label_cells(on)
     big = gh * gw
@@ -702,24 +735,23 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
     # The borders each component touches: one that spans three of them (a dark bezel, the
     # paper's edge, a shadow along a side) is the scene around the digit, never the digit while
     # another component is there, however much more ink it holds; alone, it is refused.
-    sides = np.zeros((n, big + 1), dtype=np.int64)
-    for border in (lab[:, 0, :], lab[:, (h - 1) // c, :], lab[:, :, 0], lab[:, :, (w - 1) // c]):
-        hit = np.zeros((n, big + 1), dtype=bool)
-        hit[rows, border] = True
-        sides += hit
+    hit = np.zeros((n, 4, big + 1), dtype=bool)  # per border, the labels on it: one assignment for the four
+    at = [lab[:, 0, :], lab[:, (h - 1) // c, :], lab[:, :, 0], lab[:, :, (w - 1) // c]]
+    hit.reshape(n, 4 * (big + 1))[rows, np.concatenate([a + i * (big + 1) for i, a in enumerate(at)], axis=1)] = True
+    sides = hit.sum(axis=1)
     candidate = np.where(sides[:, :big] >= SPANS, -1.0, mass)
     main = np.where(candidate.max(axis=1) > 0, candidate.argmax(axis=1), mass.argmax(axis=1))
     is_main = lab == main[:, None, None]
     near = dilate_cells(is_main, REACH) & on
     table = np.zeros((n, big + 1), dtype=bool)
-    table[np.broadcast_to(rows, (n, big))[near.reshape(n, big)], lab.reshape(n, big)[near.reshape(n, big)]] = True
+    table[rows, np.where(near, lab, big).reshape(n, big)] = True  # the off cells' ``big``: cleared below
     touch = sides > 0  # components on any border (the off cells' label, big, is none)
     touch[:, big] = False
     main_onehot = np.zeros((n, big + 1), dtype=bool)
     main_onehot[np.arange(n), main] = True
     keep_label = (table & ~touch) | main_onehot
     keep_label[:, big] = False
-    keep = np.take_along_axis(keep_label, lab.reshape(n, big), axis=1).reshape(n, gh, gw)
+    keep = keep_label[rows, lab.reshape(n, big)].reshape(n, gh, gw)
     main_mass = mass[np.arange(n), main]
     rival = (~keep_label[:, :big] & ~touch[:, :big] & (mass >= RIVAL_SHARE * main_mass[:, None])).any(axis=1)
     all_borders = sides[np.arange(n), main] >= SPANS
@@ -731,7 +763,8 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
         edges = np.stack([kept_mask[:, 0].any(axis=1), kept_mask[:, -1].any(axis=1),
                           kept_mask[:, :, 0].any(axis=1), kept_mask[:, :, -1].any(axis=1)], axis=1)
         all_borders |= (edges & cut).any(axis=1)
-    idx = np.clip((sm / top[:, None, None] * LEVEL_BINS).astype(np.int64), 0, LEVEL_BINS - 1)
+    # Kept pixels stand above Otsu's level, so over 0: only the top needs clipping.
+    idx = np.minimum((sm / top[:, None, None] * LEVEL_BINS).astype(np.int64), LEVEL_BINS - 1)
     hist = np.bincount((np.where(kept_mask, idx, LEVEL_BINS) + rows[:, :, None] * (LEVEL_BINS + 1)).ravel(),
                        minlength=n * (LEVEL_BINS + 1)).reshape(n, LEVEL_BINS + 1)[:, :LEVEL_BINS]
     count = hist.sum(axis=1)
@@ -753,7 +786,8 @@ def _normalise(x: np.ndarray, cut: np.ndarray | None = None) -> tuple[np.ndarray
     cx = (v.sum(axis=1) @ (np.arange(w) + 0.5)) / safe_total
     scale = BOX / np.where(extent > 0, extent, np.float32(1.0)).astype(np.float64)
     if h == w:  # one call for both axes: the weights are built row by row, so they are the same
-        ry, rx = np.split(resample_weights(np.concatenate([cy, cx]), np.concatenate([scale, scale]), h), 2)
+        both = resample_weights(np.concatenate([cy, cx]), np.concatenate([scale, scale]), h)
+        ry, rx = both[:n], both[n:]
     else:
         ry, rx = resample_weights(cy, scale, h), resample_weights(cx, scale, w)
     out = np.clip(ry @ v @ rx.transpose(0, 2, 1), 0.0, 1.0)

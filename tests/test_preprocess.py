@@ -422,6 +422,17 @@ def test_label_pixels_labels_as_label_cells_does():
     assert (label_pixels(np.zeros((3, 4), dtype=bool)) == 12).all()
 
 
+def test_cell_sums_are_numpys_sums_to_the_bit():
+    # The in-order sums stand in for numpy's sum(axis=(2, 4)), whose order the component masses
+    # were measured with; magnitudes spread over four decades make any other order show.
+    from runtime.preprocess import cell_sums
+    rng = np.random.default_rng(1)
+    for c in range(1, 10):
+        for n in (1, 3):
+            x = (rng.random((n, 5 * c, 7 * c)) * 10 ** rng.uniform(-3, 1, (n, 5 * c, 7 * c))).astype(np.float32)
+            assert np.array_equal(cell_sums(x, c), x.reshape(n, 5, c, 7, c).sum(axis=(2, 4))), (c, n)
+
+
 @pytest.mark.parametrize("share", [0.25, 0.35])
 def test_find_digits_finds_a_faint_digit_beside_bold_ones(digits, share):
     # A digit written with a quarter or a third of its neighbours' ink (a pencil beside a pen, a
