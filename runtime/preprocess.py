@@ -234,10 +234,11 @@ def _gray_work(crops: Any, channels: str, batch: bool, work: int = WORK) -> np.n
 
     def exact(most: int) -> type:  # the narrowest unsigned type that holds sums up to ``most``
         return np.uint16 if most <= 0xFFFF else np.uint32 if most <= 0xFFFFFFFF else np.uint64
-    # uint8 rows sum in 16 bits while they fit, exactly.
-    z = _block_sums(x, f, exact(top * f), exact(top * f * f))
+    # uint8 rows sum in 16 bits while they fit, exactly. A gray crop's sums run without its
+    # channel axis of one (numpy's strided sums ran a quarter slower with it).
+    z = _block_sums(x[..., 0] if c == 1 else x, f, exact(top * f), exact(top * f * f))
     g = z.astype(np.float32) * np.float32(1 / (top * f * f))
-    return np.ascontiguousarray(g[..., 0] if c == 1 else g @ LUMA, dtype=np.float32)
+    return np.ascontiguousarray(g if c == 1 else g @ LUMA, dtype=np.float32)
 
 
 def _block_sums(x: np.ndarray, f: int, row_dtype: Any, block_dtype: Any) -> np.ndarray:
