@@ -242,7 +242,7 @@ def test_the_runtime_installed_alone_decides_as_here(art, mnist_test, tmp_path):
             a, b = device[k].astype(int), here[k].astype(int)
             assert a.shape == b.shape, k
             # A threshold's pixel on the other side moves a frame by a few levels (at most 5 of 255
-            # over 37,500 crops, numpy 2.4.6 against 1.26.4).
+            # over 34,500 crops, numpy 2.4.6 against 1.26.4).
             worst = int(np.abs(a - b).max(initial=0))
             assert worst <= 16, f"{k}: frames {worst} grey levels apart under numpy {versions['numpy']}"
         else:
