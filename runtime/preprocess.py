@@ -881,6 +881,9 @@ def preprocess_batch(crops: Any, *, channels: str = "rgb") -> Frames:
 
 #: A digit's box is widened by this share of its height before it is cut from the frame.
 MARGIN = 0.2
+#: A digit refused as ``solid-ink`` is cut again with a margin this many times wider: a bold
+#: digit's box widened by MARGIN leaves its crop's background tiles mostly ink.
+SOLID_RETRY = 2.0
 #: Pieces of a frame at least this many pixels tall (at search size) are more than noise.
 SPECK = 4
 #: The other polarity's pieces must fill this much less of their boxes to be taken instead.
@@ -1152,7 +1155,9 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     x by half the narrower's width are one digit (a broken stroke, an 'i'-like gap); pieces
     shorter than ``min_height`` of the tallest digit-shaped piece are dropped as specks. Each
     digit's box, widened by ``margin`` of its height, is cut from the full-resolution frame and
-    run through :func:`preprocess`.
+    run through :func:`preprocess`; one refused as ``solid-ink`` is cut again with
+    :data:`SOLID_RETRY` times the margin (a bold digit's tight crop is mostly ink) and kept
+    refused unless that crop passes.
     Device code that knows how many digits a reading holds should check the count: a digit
     merged into the scene is not found.
 
@@ -1215,16 +1220,30 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
                 continue
         merged.append(list(b))
     out = []
-    hh, ww = full.shape[:2]
-    for x0, y0, x1, y1 in merged[:max_digits]:
-        pad = margin * (y1 - y0)
-        box = (max(0, int((x0 - pad) * f)), max(0, int((y0 - pad) * f)),
-               min(ww, int(math.ceil((x1 + pad) * f))), min(hh, int(math.ceil((y1 + pad) * f))))
-        crop = full[box[1]:box[3], box[0]:box[2]]
-        if min(crop.shape[:2]) < MIN_SIDE:
-            continue
-        frames, code = _frames(_gray_work(crop, channels, batch=False))
-        k = int(code[0])
-        out.append(Digit(box, None if k else np.rint(frames[0] * 255.0).astype(np.uint8),
-                         None if not k else REASONS[k - 1]))
+    for piece in merged[:max_digits]:
+        digit = _cut(full, piece, margin, f, channels)
+        if digit is not None and digit.refusal == "solid-ink":
+            # A bold digit's tight crop is mostly ink, which the check for a blot in the
+            # background tiles takes for one: with more paper around it, it is a digit again.
+            wider = _cut(full, piece, SOLID_RETRY * margin, f, channels)
+            digit = wider if wider is not None and wider.refusal is None else digit
+        if digit is not None:
+            out.append(digit)
     return out
+
+
+def _cut(full: np.ndarray, piece: list[int], margin: float, f: int, channels: str) -> Digit | None:
+    """The digit of ``piece``, a box at search size (block size ``f``), widened by ``margin`` of its
+    height, cut from the full-resolution frame and run through :func:`preprocess`; None when
+    the crop is under :data:`MIN_SIDE` pixels a side."""
+    x0, y0, x1, y1 = piece
+    hh, ww = full.shape[:2]
+    pad = margin * (y1 - y0)
+    box = (max(0, int((x0 - pad) * f)), max(0, int((y0 - pad) * f)),
+           min(ww, int(math.ceil((x1 + pad) * f))), min(hh, int(math.ceil((y1 + pad) * f))))
+    crop = full[box[1]:box[3], box[0]:box[2]]
+    if min(crop.shape[:2]) < MIN_SIDE:
+        return None
+    frames, code = _frames(_gray_work(crop, channels, batch=False))
+    k = int(code[0])
+    return Digit(box, None if k else np.rint(frames[0] * 255.0).astype(np.uint8), None if not k else REASONS[k - 1])
