@@ -1244,6 +1244,7 @@ def _cut(full: np.ndarray, piece: list[int], margin: float, f: int, channels: st
     crop = full[box[1]:box[3], box[0]:box[2]]
     if min(crop.shape[:2]) < MIN_SIDE:
         return None
-    frames, code = _frames(_gray_work(crop, channels, batch=False))
-    k = int(code[0])
-    return Digit(box, None if k else np.rint(frames[0] * 255.0).astype(np.uint8), None if not k else REASONS[k - 1])
+    try:
+        return Digit(box, preprocess(crop, channels=channels))
+    except PreprocessError as e:
+        return Digit(box, None, e.reason)
