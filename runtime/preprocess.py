@@ -492,7 +492,8 @@ def cell_sums(x: np.ndarray, c: int) -> np.ndarray:
     to the bit at under half its cost (a reduction over two short strided axes is slow): numpy
     adds fewer than 8 values in order, so for cells under 8 pixels a side (a crop's, whose working
     size is under 128) a cell's rows' pixels are added in order, then its rows; larger cells (a
-    long strip's) are numpy's own."""
+    long strip's) are numpy's own. (:func:`_block_sums` adds a block's rows first: another order,
+    which differs in the last bit, so it cannot stand in here.)"""
     r = x.reshape(x.shape[0], x.shape[1] // c, c, x.shape[2] // c, c)
     if c >= 8:
         return r.sum(axis=(2, 4))
