@@ -94,3 +94,35 @@ def test_preprocess_numpy_times_each_environment_in_turn(capsys):
     preprocess_numpy.main(["--python", sys.executable, "--rounds", "1", "--crops", "1"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:4] == ["python", "numpy", "64x64", "us"] and np.__version__ in out[1]
+
+
+def test_preprocess_floor_is_a_working_normaliser(mnist_test):
+    """The floor benchmark's normaliser gives back an MNIST frame from its camera-like crop (2x, dark
+    on grey paper) and from its inverse, so the time it prints is a normaliser's."""
+    import preprocess_floor
+    corr = []
+    for frame in mnist_test.images[:50]:
+        big = np.kron(frame.astype(np.float32), np.ones((2, 2), np.float32))
+        crop = np.full((64, 64), 200.0, np.float32)
+        crop[4:60, 4:60] -= big * (150 / 255)
+        for c in (crop.astype(np.uint8), (255 - crop).astype(np.uint8)):
+            out = preprocess_floor.lean_normalise(c)
+            assert out.shape == (28, 28) and out.dtype == np.uint8 and out.max() >= 254  # truncated
+            corr.append(np.corrcoef(out.ravel().astype(float), frame.ravel().astype(float))[0, 1])
+    assert min(corr) > 0.7 and np.median(corr) > 0.93  # runtime.preprocess: 0.81 and 0.97 on such crops
+    try:
+        preprocess_floor.lean_normalise(np.full((64, 64), 128, np.uint8))
+    except ValueError as e:
+        assert "no ink" in str(e)
+    else:
+        raise AssertionError("a blank crop was normalised")
+
+
+def test_preprocess_floor_times_both_and_prints_the_table(onnx_artifact, capsys):
+    import preprocess_floor
+    preprocess_floor.main([str(onnx_artifact), "--rounds", "1", "--crops", "2", "--read", "20"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split()[:3] == ["normaliser", "64x64", "us"]
+    assert [line.split()[0] for line in out[2:4]] == ["lean", "preprocess"]
+    assert out[3].split()[2] == "1.000x"  # preprocess is the baseline
+    assert out[4].startswith("one numpy call")
