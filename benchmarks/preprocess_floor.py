@@ -39,21 +39,27 @@ TARGET_US = 50.0  # issue 10: preprocess <= 50 us for a 64x64 crop
 _EDGES: dict[int, np.ndarray] = {}
 
 
+def _edges(n: int) -> np.ndarray:
+    """0, 1, ..., n as float32, made once per size (a lookup costs less than a numpy call)."""
+    edges = _EDGES.get(n)
+    if edges is None:
+        edges = _EDGES[n] = np.arange(n + 1, dtype=np.float32)
+    return edges
+
+
 def _area_weights(centre: float, step: float, n: int) -> np.ndarray:
     """``(28, n)`` weights: output pixel ``i`` averages the input over
     ``[centre + (i - 14.5) * step, centre + (i - 13.5) * step)``, each input pixel ``j`` covering
     ``[j, j + 1)``: ``centre`` lands on pixel 14's centre, where MNIST puts the centre of mass."""
-    edges = _EDGES.get(n)
-    if edges is None:
-        edges = _EDGES[n] = np.arange(n + 1, dtype=np.float32)
+    edges = _edges(n)
     lo = (centre - 14.5 * step) + step * edges[:28, None]
     return np.maximum(np.minimum(lo + step, edges[None, 1:]) - np.maximum(lo, edges[None, :-1]), 0)
 
 
 def lean_normalise(crop: np.ndarray) -> np.ndarray:
-    """A gray 2-D crop (any numeric dtype) -> uint8 ``(28, 28)``, MNIST's normalisation alone.
+    """A gray 2-D uint8 crop -> uint8 ``(28, 28)``, MNIST's normalisation alone.
 
-    Raises ValueError on a crop without contrast. The ink is what stands more than 35% of the
+    Raises ValueError on a crop without contrast (under 8 grey levels). The ink is what stands more than 35% of the
     crop's range from the paper: the strokes keep their anti-aliased edges, the paper is 0.
     """
     g = crop.astype(np.float32)
@@ -66,8 +72,8 @@ def lean_normalise(crop: np.ndarray) -> np.ndarray:
     r, c = np.flatnonzero(rows), np.flatnonzero(cols)
     step = max(r[-1] - r[0] + 1, c[-1] - c[0] + 1) / 20.0  # input pixels an output pixel spans
     total = rows.sum()
-    cy = float(rows @ np.arange(len(rows), dtype=np.float32)) / total + 0.5
-    cx = float(cols @ np.arange(len(cols), dtype=np.float32)) / total + 0.5
+    cy = float(rows @ _edges(len(rows))[:-1]) / total + 0.5
+    cx = float(cols @ _edges(len(cols))[:-1]) / total + 0.5
     out = _area_weights(cy, step, g.shape[0]) @ ink @ _area_weights(cx, step, g.shape[1]).T
     out *= 255.0 / out.max()
     return out.astype(np.uint8)
