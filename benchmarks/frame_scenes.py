@@ -1,6 +1,7 @@
 """Whole frames holding a row of digits in the scenes a camera meets (a meter's bezel, the table
-beyond the paper's edge, a form field's underline or box, a fold in the paper): what a device
-reads through ``runtime.find_digits`` and the model, frame by frame.
+beyond the paper's edge, a form field's underline or box, a fold in the paper, a digit run into
+the bezel or the table): what a device reads through ``runtime.find_digits`` and the model,
+frame by frame.
 
     python benchmarks/frame_scenes.py [ARTIFACT] [--frames 60] [--seed 5]
 
@@ -79,6 +80,17 @@ def _fold(f: np.ndarray) -> np.ndarray:
     return f
 
 
+def _into_bezel(f: np.ndarray) -> np.ndarray:
+    """The row starts under the bezel: its side runs into the first digit (most digits' ink; a
+    narrow one may stay clear of it)."""
+    return _bezel(f[:, 22:].copy())
+
+
+def _into_edge(f: np.ndarray) -> np.ndarray:
+    """The paper ends inside the last digit's box: the table beyond it takes that digit's right side."""
+    return np.concatenate([f[:, :-42], np.full((f.shape[0], f.shape[1] // 7), DARK)], axis=1)
+
+
 SCENES: dict[str, tuple[dict, Callable[[np.ndarray], np.ndarray] | None]] = {
     "plain": ({}, None),
     "meter bezel": ({}, _bezel),
@@ -89,6 +101,8 @@ SCENES: dict[str, tuple[dict, Callable[[np.ndarray], np.ndarray] | None]] = {
     "fold across paper": ({}, _fold),
     "tight strip": ({"pad": (2, 2)}, None),
     "small digits (28 px)": ({"scale": 1, "gap": 8}, None),
+    "first digit into the bezel": ({}, _into_bezel),
+    "last digit into the table": ({}, _into_edge),
 }
 
 

@@ -897,6 +897,11 @@ FAINT = 0.5
 FAINT_HEIGHT = 0.6
 #: ... and at least this share of their height away from them.
 FAINT_GAP = 0.5
+#: Scene ink in a run this many digit heights long, along either axis, is the scene's own (a
+#: bezel's side, the table, a fold); what else of it stands digit-sized in the digits' row is a
+#: digit the scene swallowed (:func:`merged_pieces`), refused as :data:`SWALLOWED`.
+STRAIGHT = 1.5
+SWALLOWED = "merged-with-scene"
 #: Background tiles of whole frames, pixels a side at search size: about a digit's height (at least
 #: four tiles a side, as a crop has).
 FRAME_TILE = 40
@@ -905,7 +910,9 @@ FRAME_TILE = 40
 @dataclass(frozen=True)
 class Digit:
     """A digit found in a frame: ``box`` (x0, y0, x1, y1) in the frame's pixels (x1, y1
-    exclusive), the 28x28 ``image`` (None when refused) and the preprocessing's ``refusal``."""
+    exclusive), the 28x28 ``image`` (None when refused) and the ``refusal``: the
+    preprocessing's reason (:data:`REASONS`), or ``merged-with-scene`` for a digit that ran into
+    the scene (:func:`find_digits`)."""
 
     box: tuple[int, int, int, int]
     image: np.ndarray | None
@@ -1062,16 +1069,78 @@ def polarity_votes(work: np.ndarray, boxes: np.ndarray, dark: np.ndarray, margin
     return float(np.mean(votes)) if votes else 0.0
 
 
+def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
+    """The pixels of a boolean ``(H, W)`` in runs of at least ``length`` along ``axis`` (an
+    opening by a line: erosion and dilation from window counts of cumulative sums)."""
+    m = mask if axis == 0 else mask.T
+    n = m.shape[0]
+    if length > n:
+        return np.zeros(mask.shape, dtype=bool)
+    c = np.zeros((n + 1, m.shape[1]), dtype=np.int32)
+    np.cumsum(m, axis=0, out=c[1:])
+    full = (c[length:] - c[:-length]) == length  # a run of `length` starts at each such row
+    d = np.zeros((n - length + 2, m.shape[1]), dtype=np.int32)
+    np.cumsum(full, axis=0, out=d[1:])
+    # Row y is in a kept run if a run of `length` starts in [y - length + 1, y].
+    lo = np.clip(np.arange(n) - length + 1, 0, n - length + 1)
+    hi = np.clip(np.arange(n) + 1, 0, n - length + 1)
+    out = (d[hi] - d[lo]) > 0
+    return out if axis == 0 else out.T
+
+
+def join_overlapping(boxes: np.ndarray) -> np.ndarray:
+    """Boxes ``(K, 4)`` (x0, y0, x1, y1) left to right, those that overlap in x by half the
+    narrower's width joined into one (pieces of one digit: a broken stroke, an 'i'-like gap)."""
+    joined: list[list[int]] = []
+    for b in boxes[np.argsort(boxes[:, 0], kind="stable")].tolist():
+        if joined:
+            m = joined[-1]
+            if min(m[2], b[2]) - max(m[0], b[0]) >= 0.5 * min(m[2] - m[0], b[2] - b[0]):
+                joined[-1] = [min(m[0], b[0]), min(m[1], b[1]), max(m[2], b[2]), max(m[3], b[3])]
+                continue
+        joined.append(b)
+    return np.array(joined, dtype=np.int64).reshape(-1, 4)
+
+
+def merged_pieces(scene: np.ndarray, kept: np.ndarray, min_height: float) -> np.ndarray:
+    """Boxes ``(K, 4)`` of digits the scene swallowed: ``scene`` (bool ``(H, W)``, the ink left
+    out as scene, and the fringe left out with it) less its straight parts (runs
+    :data:`STRAIGHT` digit heights long along either axis, and two pixels beside them: a bezel's
+    sides, a table, a fold, a slanted edge's steps, a ragged edge), where what is left, its
+    pieces joined as a digit's are (:func:`join_overlapping`), stands digit-sized in the row of
+    the ``kept`` digits' boxes and clear of the frame's borders: a digit that ran into the bezel
+    or the paper's edge. The digits' height is the median of the kept boxes, joined."""
+    digits = join_overlapping(kept)  # a digit broken into pieces is one digit's height
+    tall = float(np.median(digits[:, 3] - digits[:, 1]))
+    length = int(math.ceil(STRAIGHT * tall))
+    straight = long_runs(scene, length, 0) | long_runs(scene, length, 1)
+    rest = scene & ~dilate_cells(straight[None], 2)[0]
+    if not rest.any():
+        return np.zeros((0, 4), dtype=np.int64)
+    _, _, boxes = component_boxes(rest)
+    boxes = join_overlapping(boxes)  # a stroke cut from the bezel leaves the digit in pieces
+    h, w = scene.shape
+    bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    top, bottom = kept[:, 1].min(), kept[:, 3].max()
+    in_row = np.minimum(boxes[:, 3], bottom) - np.maximum(boxes[:, 1], top) >= 0.5 * bh
+    clear = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
+    # Digit-sized: a short digit beside it sets a low height, a wide '0' or a cut-off piece
+    # of a digit stays within these (seed 22's frames of the benchmark's two scenes).
+    sized = (bh >= max(min_height, 0.4) * tall) & (bh <= STRAIGHT * tall) & (bw <= 2 * tall) & (bw >= SPECK)
+    return boxes[in_row & clear & sized]
+
+
 def _frame_pieces(work: np.ndarray, dark: np.ndarray,
-                  min_height: float) -> tuple[np.ndarray, bool, float, np.ndarray | None]:
+                  min_height: float) -> tuple[np.ndarray, bool, float, np.ndarray | None, np.ndarray]:
     """The digit pieces' boxes (:func:`digit_pieces`, then :func:`faint_pieces`') of a frame
     ``(1, H, W)`` at search size, its ink of polarity ``dark``; whether scene was left out; how
     much of the (first) pieces' boxes their ink fills (strokes leave most of a digit's box paper,
-    paper taken for ink fills it); and the box of a piece drawn around others (:func:`around`),
-    or None."""
+    paper taken for ink fills it); the box of a piece drawn around others (:func:`around`),
+    or None; and the boxes of digits the scene swallowed (:func:`merged_pieces`)."""
+    none = np.zeros((0, 4), dtype=np.int64)
     _, sm, mask, _, _, base_s, sigma_s, top, _ = _segment(work, FRAME_TILE, dark)
     if not (top - base_s >= max(MIN_CONTRAST, 1.5 * NOISE_SIGMAS * float(sigma_s[0])))[0]:
-        return np.zeros((0, 4), dtype=np.int64), False, 1.0, None
+        return none, False, 1.0, None, none
     shape = mask.shape[1:]
     noise = float(base_s[0]) + NOISE_SIGMAS * float(sigma_s[0])  # in float64, under numpy 1's rules and 2's
     level = max(float(otsu(np.maximum(sm, 0).reshape(1, -1), top)[0]), noise)  # _segment's
@@ -1079,10 +1148,12 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
     ink = mask[0]
     lab, ids, boxes = component_boxes(ink)
     scene = is_scene(boxes, shape)
+    scene_ink = None
     if scene.any():
         # The scene's dark (a bezel, the table) holds Otsu's level between itself and the ink,
         # and a faint digit then breaks into specks: threshold again without it.
-        hide = dilate_cells(np.isin(lab, ids[scene])[None], 2)[0]
+        scene_ink = np.isin(lab, ids[scene])
+        hide = dilate_cells(scene_ink[None], 2)[0]
         rest = np.where(hide, base_s[0], sm[0])
         peak = np.array([max(float(rest.max()), 1e-6)], dtype=np.float32)
         level = max(float(otsu(np.maximum(rest, 0).reshape(1, -1), peak)[0]), noise)
@@ -1092,16 +1163,19 @@ def _frame_pieces(work: np.ndarray, dark: np.ndarray,
         # The lower level lets the scene's own fringe through (beyond a table's edge, the light
         # interpolated between paper and table): ink along what was hidden is the scene's.
         fringe = np.isin(ids, lab[hidden & ink])
+        # A digit that ran into the scene goes with it at either level.
+        scene_ink |= np.isin(lab, ids[fringe])
         ids, boxes = ids[~fringe], boxes[~fringe]
     which = digit_pieces(boxes, shape, min_height)
     kept = boxes[which]
     ring = around(boxes[~is_scene(boxes, shape)], shape)
     if len(kept) == 0:
-        return kept, bool(scene.any()), 1.0, ring
+        return kept, bool(scene.any()), 1.0, ring, none
     count = np.bincount(lab.ravel(), minlength=lab.size + 1)[ids[which]].sum()  # the kept pieces' pixels
     area = ((kept[:, 2] - kept[:, 0]) * (kept[:, 3] - kept[:, 1])).sum()
     faint = faint_pieces(rest, hidden, level, kept)
-    return np.concatenate([kept, faint]), bool(scene.any()), float(count / area), ring
+    merged = none if scene_ink is None else merged_pieces(scene_ink, kept, min_height)
+    return np.concatenate([kept, faint]), bool(scene.any()), float(count / area), ring, merged
 
 
 def faint_pieces(sm: np.ndarray, hidden: np.ndarray, level: float, kept: np.ndarray) -> np.ndarray:
@@ -1159,8 +1233,12 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     run through :func:`preprocess`; one refused as ``solid-ink`` is cut again with
     :data:`SOLID_RETRY` times the margin (a bold digit's tight crop is mostly ink) and kept
     refused unless that crop passes.
-    Device code that knows how many digits a reading holds should check the count: a digit
-    merged into the scene is not found.
+    A digit that ran into the scene (written over the bezel, cut by the paper's edge) went with
+    it: where the scene, less its straight parts, still stands digit-sized in the digits' row
+    (:func:`merged_pieces`), the list holds a digit there refused as ``merged-with-scene``, so a
+    reading that acts only when every digit is accepted is not silently one digit short. A digit
+    touching two opposite borders of the frame is still taken for scene without a word: device
+    code that knows how many digits a reading holds should check the count as well.
 
     Raises:
         ValueError: the frame is malformed (shape, dtype, values).
@@ -1176,12 +1254,12 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
     work = _gray_work(full, channels, batch=False, work=FRAME_WORK)  # checks the frame
     f = work_factor(*full.shape[:2], FRAME_WORK)  # as _gray_work picks it
     dark = dark_ink(work)
-    boxes, scene, fill, ring = _frame_pieces(work, dark, min_height)
+    boxes, scene, fill, ring, swallowed = _frame_pieces(work, dark, min_height)
     if scene or len(boxes) == 0:
         # A dark table or bezel over a quarter of the frame can turn the polarity test: the
         # paper beside it is then the "ink" (and the scene), the digits' holes the pieces:
         # read the other polarity too.
-        other, _, fill_other, ring_other = _frame_pieces(work, ~dark, min_height)
+        other, _, fill_other, ring_other, swallowed_other = _frame_pieces(work, ~dark, min_height)
         # Not to pieces a quarter of the frame large, though: that is the paper (a sheet on a
         # desk) taken for ink.
         area = (other[:, 2] - other[:, 0]) * (other[:, 3] - other[:, 1])
@@ -1197,7 +1275,7 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
         switch = agree_other > agree or (agree_other == agree and (
             (holes > 0 and holes_other == 0) or (holes == holes_other == 0 and fill_other < fill - FILL_MARGIN)))
         if len(other) and (len(boxes) == 0 or (switch and not paper)):
-            boxes, ring = other, ring_other
+            boxes, ring, swallowed = other, ring_other, swallowed_other
     if ring is not None and not inside:
         # The edge of a sheet on a desk (or a box around a field) sets the digits' height and
         # may join a digit near it, at this size: search again inside it, at full resolution.
@@ -1206,22 +1284,12 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
         if min(fx1 - fx0, fy1 - fy0) >= MIN_SIDE:
             found = _find(full[fy0:fy1, fx0:fx1], channels, min_height, margin, max_digits, inside=True)
             if found:
-                return [Digit((d.box[0] + fx0, d.box[1] + fy0, d.box[2] + fx0, d.box[3] + fy0), d.image,
-                              d.refusal) for d in found]
+                return _with_swallowed([Digit((d.box[0] + fx0, d.box[1] + fy0, d.box[2] + fx0, d.box[3] + fy0),
+                                              d.image, d.refusal) for d in found], swallowed, f, full.shape)
     if len(boxes) == 0:
         return []
-    boxes = boxes[np.argsort(boxes[:, 0], kind="stable")].tolist()
-    merged: list[list[int]] = []
-    for b in boxes:
-        if merged:
-            m = merged[-1]
-            overlap = min(m[2], b[2]) - max(m[0], b[0])
-            if overlap >= 0.5 * min(m[2] - m[0], b[2] - b[0]):
-                merged[-1] = [min(m[0], b[0]), min(m[1], b[1]), max(m[2], b[2]), max(m[3], b[3])]
-                continue
-        merged.append(list(b))
     out = []
-    for piece in merged[:max_digits]:
+    for piece in join_overlapping(boxes).tolist()[:max_digits]:
         digit = _cut(full, piece, margin, f, channels)
         if digit is not None and digit.refusal == "solid-ink":
             # A bold digit's tight crop is mostly ink, which the check for a blot in the
@@ -1230,7 +1298,22 @@ def _find(full: np.ndarray, channels: str, min_height: float, margin: float, max
             digit = wider if wider is not None and wider.refusal is None else digit
         if digit is not None:
             out.append(digit)
-    return out
+    return _with_swallowed(out, swallowed, f, full.shape)
+
+
+def _with_swallowed(found: list[Digit], swallowed: np.ndarray, f: int, shape: tuple[int, ...]) -> list[Digit]:
+    """``found`` and, in their places left to right, a refused ``merged-with-scene`` digit for
+    each box of ``swallowed`` (at search size, block size ``f``) that no digit found covers half
+    of in x: a digit run into the scene is not read, but the reading holds it instead of silently
+    one digit fewer."""
+    if len(swallowed) == 0:
+        return found
+    out = list(found)
+    for x0, y0, x1, y1 in swallowed.tolist():
+        box = (int(x0) * f, int(y0) * f, min(shape[1], int(x1) * f), min(shape[0], int(y1) * f))
+        if not any(min(d.box[2], box[2]) - max(d.box[0], box[0]) >= 0.5 * (box[2] - box[0]) for d in found):
+            out.append(Digit(box, None, SWALLOWED))
+    return sorted(out, key=lambda d: d.box[0])
 
 
 def _cut(full: np.ndarray, piece: list[int], margin: float, f: int, channels: str) -> Digit | None:
