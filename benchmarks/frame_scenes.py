@@ -127,6 +127,16 @@ PHOTOS: dict[str, float] = {"photo: sheet on a dark desk": 90.0, "photo: sheet o
 PHOTO_FRAMES = 20
 
 
+def tilt(frame: np.ndarray, degrees: float, rng: np.random.Generator) -> np.ndarray:
+    """``frame`` turned by ``degrees`` either way (a coin of ``rng``) about its centre, as a
+    camera held askew sees the page: bilinear, the frame's size kept, the desk (``DARK``) in the
+    corners the page left."""
+    from PIL import Image
+    im = Image.fromarray(np.clip(np.rint(frame), 0, 255).astype(np.uint8))
+    turned = im.rotate(degrees if rng.random() < 0.5 else -degrees, resample=Image.BILINEAR, fillcolor=int(DARK))
+    return np.asarray(turned).astype(np.float64)
+
+
 def read(clf: Classifier, frame: np.ndarray, rng: np.random.Generator) -> tuple[list, np.ndarray | None]:
     """Shoot ``frame`` (light falling off across it, sensor noise) and read it as a device does:
     the digits found, and their labels when every one was preprocessed and accepted (a reading
@@ -141,8 +151,9 @@ def read(clf: Classifier, frame: np.ndarray, rng: np.random.Generator) -> tuple[
     return found, p.labels if p.accepted.all() else None
 
 
-def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
-    """Per scene: frames read right, read wrong, refused."""
+def run(artifact: Path, frames: int, seed: int, degrees: float = 0.0) -> dict[str, dict[str, int]]:
+    """Per scene: frames read right, read wrong, refused; with ``degrees``, every frame of the
+    scenes (not the photos) turned by that much (:func:`tilt`)."""
     clf = Classifier(artifact / "model.onnx")
     test = embedded_mnist("test")
     out = {}
@@ -157,6 +168,8 @@ def run(artifact: Path, frames: int, seed: int) -> dict[str, dict[str, int]]:
                 f, _ = compose(test.images[idx], rng, **kw)
                 if paint is not None:
                     f = paint(f)
+                if degrees:
+                    f = tilt(f, degrees, rng)
             else:
                 f = photo(test.images[idx], rng, PHOTOS[name])
             _, labels = read(clf, f, rng)
@@ -196,10 +209,13 @@ def main() -> None:
     ap.add_argument("artifact", nargs="?", default=str(ROOT / "artifacts" / "lenet"))
     ap.add_argument("--frames", type=int, default=60)
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--tilt", type=float, default=0.0, help="turn every scene's frame by this many degrees, "
+                    "either way (a camera held askew; the desk in the corners)")
     args = ap.parse_args()
-    res = run(Path(args.artifact), args.frames, args.seed)
+    res = run(Path(args.artifact), args.frames, args.seed, args.tilt)
     print(f"{'scene':<30} {'read right':>11} {'read wrong':>11} {'refused':>8}   of {args.frames} frames "
-          f"({min(args.frames, PHOTO_FRAMES)} photos), seed {args.seed}")
+          f"({min(args.frames, PHOTO_FRAMES)} photos), seed {args.seed}"
+          + (f", scenes turned {args.tilt:g} degrees" if args.tilt else ""))
     for name, r in res.items():
         print(f"{name:<30} {r['right']:>11} {r['wrong']:>11} {r['refused']:>8}")
     nd = run_no_digits(Path(args.artifact), args.frames, args.seed)

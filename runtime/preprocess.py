@@ -981,13 +981,15 @@ def component_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 
 def is_scene(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """bool ``(K,)``: the boxes of ink that touches :data:`SPANS` borders of an ``(H, W)`` frame
-    or runs from one border to the opposite one: a bezel, the table beyond the paper, a fold,
-    a ruling; never a digit, which has paper around it."""
+    """bool ``(K,)``: the boxes of ink that touches :data:`SPANS` borders of an ``(H, W)`` frame,
+    runs from one border to the opposite one, or touches two that meet at a corner: a bezel, the
+    table beyond the paper, a fold, a ruling, the desk in a corner of a frame held askew (a
+    wedge, which read as a '1'); never a digit, which has paper around it."""
     h, w = shape
     x0, y0, x1, y1 = boxes.T
     sides = (x0 == 0).astype(int) + (y0 == 0) + (x1 >= w) + (y1 >= h)
-    return (sides >= SPANS) | ((x0 == 0) & (x1 >= w)) | ((y0 == 0) & (y1 >= h))
+    corner = ((x0 == 0) | (x1 >= w)) & ((y0 == 0) | (y1 >= h))
+    return (sides >= SPANS) | ((x0 == 0) & (x1 >= w)) | ((y0 == 0) & (y1 >= h)) | corner
 
 
 def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 0.25) -> np.ndarray:
@@ -1069,11 +1071,20 @@ def polarity_votes(work: np.ndarray, boxes: np.ndarray, dark: np.ndarray, margin
     return float(np.mean(votes)) if votes else 0.0
 
 
-def long_runs(mask: np.ndarray, length: int, axis: int) -> np.ndarray:
+def long_runs(mask: np.ndarray, length: int, axis: int, gap: int = 0) -> np.ndarray:
     """The pixels of a boolean ``(H, W)`` in runs of at least ``length`` along ``axis`` (an
-    opening by a line: erosion and dilation from window counts of cumulative sums)."""
+    opening by a line: erosion and dilation from window counts of cumulative sums), gaps of up
+    to ``gap`` pixels along it bridged first (a closing by a line)."""
     m = mask if axis == 0 else mask.T
     n = m.shape[0]
+    if gap > 0:
+        # On where the mask is on within `gap` before and within `gap` after along the axis.
+        c = np.zeros((n + 1, m.shape[1]), dtype=np.int32)
+        np.cumsum(m, axis=0, out=c[1:])
+        i = np.arange(n)
+        before = c[i + 1] - c[np.maximum(i - gap, 0)]
+        after = c[np.minimum(i + gap + 1, n)] - c[i]
+        m = m | ((before > 0) & (after > 0))
     if length > n:
         return np.zeros(mask.shape, dtype=bool)
     c = np.zeros((n + 1, m.shape[1]), dtype=np.int32)
@@ -1105,15 +1116,20 @@ def join_overlapping(boxes: np.ndarray) -> np.ndarray:
 def merged_pieces(scene: np.ndarray, kept: np.ndarray, min_height: float) -> np.ndarray:
     """Boxes ``(K, 4)`` of digits the scene swallowed: ``scene`` (bool ``(H, W)``, the ink left
     out as scene, and the fringe left out with it) less its straight parts (runs
-    :data:`STRAIGHT` digit heights long along either axis, and two pixels beside them: a bezel's
-    sides, a table, a fold, a slanted edge's steps, a ragged edge), where what is left, its
+    :data:`STRAIGHT` digit heights long along either axis, down a column across gaps of a
+    quarter of a digit's height, and two pixels beside them: a bezel's sides, a table, a fold,
+    a slanted edge's steps, a ragged edge), where what is left, its
     pieces joined as a digit's are (:func:`join_overlapping`), stands digit-sized in the row of
     the ``kept`` digits' boxes and clear of the frame's borders: a digit that ran into the bezel
     or the paper's edge. The digits' height is the median of the kept boxes, joined."""
     digits = join_overlapping(kept)  # a digit broken into pieces is one digit's height
     tall = float(np.median(digits[:, 3] - digits[:, 1]))
     length = int(math.ceil(STRAIGHT * tall))
-    straight = long_runs(scene, length, 0) | long_runs(scene, length, 1)
+    # Down a column, gaps of a quarter of a digit's height are bridged: a table beside the
+    # digits, left out in parts (its fringe at the second level), is straight all the same.
+    # Not along a row, where that would bridge a digit's strokes to the scene.
+    gap = int(math.ceil(0.25 * tall))
+    straight = long_runs(scene, length, 0, gap) | long_runs(scene, length, 1)
     rest = scene & ~dilate_cells(straight[None], 2)[0]
     if not rest.any():
         return np.zeros((0, 4), dtype=np.int64)
