@@ -980,25 +980,29 @@ def component_boxes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return lab, ids[starts], boxes.astype(np.int64)
 
 
-def is_scene(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """bool ``(K,)``: the boxes of ink that touches :data:`SPANS` borders of an ``(H, W)`` frame,
-    runs from one border to the opposite one, or touches two that meet at a corner: a bezel, the
-    table beyond the paper, a fold, a ruling, the desk in a corner of a frame held askew (a
-    wedge, which read as a '1'); never a digit, which has paper around it."""
+def border_sides(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """int ``(K,)``: how many of an ``(H, W)`` frame's four borders each box ``(K, 4)`` (x0, y0,
+    x1, y1; x1, y1 exclusive) touches."""
     h, w = shape
     x0, y0, x1, y1 = boxes.T
-    sides = (x0 == 0).astype(int) + (y0 == 0) + (x1 >= w) + (y1 >= h)
-    corner = ((x0 == 0) | (x1 >= w)) & ((y0 == 0) | (y1 >= h))
-    return (sides >= SPANS) | ((x0 == 0) & (x1 >= w)) | ((y0 == 0) & (y1 >= h)) | corner
+    return (x0 <= 0).astype(int) + (y0 <= 0) + (x1 >= w) + (y1 >= h)
+
+
+def is_scene(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``(K,)``: the boxes of ink that touches two or more borders of an ``(H, W)`` frame:
+    two that meet at a corner or more (a bezel, the table beyond the paper, the desk in a corner
+    of a frame held askew, a wedge that read as a '1'), or two opposite ones (a fold, a ruling);
+    never a digit, which has paper around it. (A crop's own rule, :data:`SPANS`, takes three.)"""
+    return border_sides(boxes, shape) >= 2
 
 
 def digit_pieces(boxes: np.ndarray, shape: tuple[int, int], min_height: float = 0.25) -> np.ndarray:
     """Which of the components' boxes ``(K, 4)`` (x0, y0, x1, y1; x1, y1 exclusive) of an
     ``(H, W)`` frame may be pieces of digits: their indices, in order.
 
-    The scene is dropped first: ink that touches :data:`SPANS` borders (a meter's bezel, the
-    table beyond the paper's edge) or runs from one border to the opposite one (a fold, a
-    ruling, the paper's edge) is never a digit, which has paper around it. Then lines: a piece
+    The scene is dropped first (:func:`is_scene`): ink that touches two borders that meet (a
+    meter's bezel, the table beyond the paper's edge, the desk in a corner) or two opposite ones
+    (a fold, a ruling, the paper's edge) is never a digit, which has paper around it. Then lines: a piece
     over four times as wide as tall and wider than 1.5 digit heights (an underline, a table's
     ruling; no digit is that wide, and a detached bar of a '5' or '7' is narrower); then
     frames: a piece whose box holds another piece's box (a box drawn around a form field).
@@ -1075,27 +1079,25 @@ def long_runs(mask: np.ndarray, length: int, axis: int, gap: int = 0) -> np.ndar
     """The pixels of a boolean ``(H, W)`` in runs of at least ``length`` along ``axis`` (an
     opening by a line: erosion and dilation from window counts of cumulative sums), gaps of up
     to ``gap`` pixels along it bridged first (a closing by a line)."""
+    def counts(a: np.ndarray) -> np.ndarray:  # c[j] - c[i]: how many of rows i..j-1 are on
+        c = np.zeros((a.shape[0] + 1, a.shape[1]), dtype=np.int32)
+        np.cumsum(a, axis=0, out=c[1:])
+        return c
+
     m = mask if axis == 0 else mask.T
     n = m.shape[0]
+    i = np.arange(n)
     if gap > 0:
         # On where the mask is on within `gap` before and within `gap` after along the axis.
-        c = np.zeros((n + 1, m.shape[1]), dtype=np.int32)
-        np.cumsum(m, axis=0, out=c[1:])
-        i = np.arange(n)
-        before = c[i + 1] - c[np.maximum(i - gap, 0)]
-        after = c[np.minimum(i + gap + 1, n)] - c[i]
-        m = m | ((before > 0) & (after > 0))
+        c = counts(m)
+        m = m | ((c[i + 1] - c[np.maximum(i - gap, 0)] > 0) & (c[np.minimum(i + gap + 1, n)] - c[i] > 0))
     if length > n:
         return np.zeros(mask.shape, dtype=bool)
-    c = np.zeros((n + 1, m.shape[1]), dtype=np.int32)
-    np.cumsum(m, axis=0, out=c[1:])
-    full = (c[length:] - c[:-length]) == length  # a run of `length` starts at each such row
-    d = np.zeros((n - length + 2, m.shape[1]), dtype=np.int32)
-    np.cumsum(full, axis=0, out=d[1:])
+    c = counts(m)
+    d = counts((c[length:] - c[:-length]) == length)  # a run of `length` starts at each such row
     # Row y is in a kept run if a run of `length` starts in [y - length + 1, y].
-    lo = np.clip(np.arange(n) - length + 1, 0, n - length + 1)
-    hi = np.clip(np.arange(n) + 1, 0, n - length + 1)
-    out = (d[hi] - d[lo]) > 0
+    last = n - length + 1
+    out = (d[np.clip(i + 1, 0, last)] - d[np.clip(i - length + 1, 0, last)]) > 0
     return out if axis == 0 else out.T
 
 
@@ -1135,11 +1137,10 @@ def merged_pieces(scene: np.ndarray, kept: np.ndarray, min_height: float) -> np.
         return np.zeros((0, 4), dtype=np.int64)
     _, _, boxes = component_boxes(rest)
     boxes = join_overlapping(boxes)  # a stroke cut from the bezel leaves the digit in pieces
-    h, w = scene.shape
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     top, bottom = kept[:, 1].min(), kept[:, 3].max()
     in_row = np.minimum(boxes[:, 3], bottom) - np.maximum(boxes[:, 1], top) >= 0.5 * bh
-    clear = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
+    clear = border_sides(boxes, scene.shape) == 0
     # Digit-sized: a short digit beside it sets a low height, a wide '0' or a cut-off piece
     # of a digit stays within these (seed 22's frames of the benchmark's two scenes).
     sized = (bh >= max(min_height, 0.4) * tall) & (bh <= STRAIGHT * tall) & (bw <= 2 * tall) & (bw >= SPECK)
@@ -1214,7 +1215,7 @@ def faint_pieces(sm: np.ndarray, hidden: np.ndarray, level: float, kept: np.ndar
             & (boxes[:, None, 1] < kept[None, :, 3]) & (kept[None, :, 1] < boxes[:, None, 3])).any(axis=1)
     # Light falling off into a corner reaches half the level there: a faint digit has paper
     # all around it.
-    inside = (boxes[:, 0] > 0) & (boxes[:, 1] > 0) & (boxes[:, 2] < w) & (boxes[:, 3] < h)
+    inside = border_sides(boxes, (h, w)) == 0
     return boxes[~on_scene & ~near & inside & (bh >= FAINT_HEIGHT * tall) & (bw <= 2 * bh)]
 
 
@@ -1225,8 +1226,8 @@ def find_digits(frame: Any, *, channels: str = "rgb", min_height: float = 0.25, 
     Ink is segmented as in :func:`preprocess` (flattened background, Otsu above the noise) on
     the frame block-averaged to at most :data:`FRAME_WORK` pixels a side and grouped into
     8-connected components. The scene around the digits is left out (:func:`digit_pieces`):
-    ink touching three borders or running from one border to the opposite one (a meter's
-    bezel, the table beyond the paper, a fold), after which the frame is thresholded again
+    ink touching two borders that meet or two opposite ones (a meter's bezel, the table beyond
+    the paper, the desk in a corner of a frame held askew, a fold), after which the frame is thresholded again
     without it (and ink along what was hidden, the scene's fringe, is the scene's too); long
     lines (an underline) and boxes drawn around other ink (a form field's).
     Digits must therefore have some paper between them and the frame's borders. Where scene was
